@@ -1,0 +1,29 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv when missing.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+$(STAMP): setup.py
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	# torch/torchvision: the versions this stack ships on local disk (CUDA build, runs on CPU too).
+	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VPY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) tools/train_net.py --config-file configs/demo/frcnn_r18_fpn_shapes.yaml
+
+test: $(STAMP)
+	$(VPY) -m pytest -q -n 2 --durations=15 tests
+
+bench: $(STAMP)
+	$(VPY) tools/benchmark.py --output benchmarks/results_cpu
+
+clean:
+	rm -rf $(VENV) output
