@@ -1,0 +1,4 @@
+from .config import RENAMED_KEYS, CfgNode, get_cfg
+from .validate import validate_cfg
+
+__all__ = ["CfgNode", "get_cfg", "validate_cfg", "RENAMED_KEYS"]

@@ -1,0 +1,237 @@
+"""Every config key, its default and its meaning. Keys follow detectron2's names where one exists."""
+from .config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# MODEL
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# "GeneralizedRCNN" (Faster R-CNN), "Classifier" (ImageNet/CIFAR nets), "Localizer" (Appendix C).
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+# Path or URL of initial weights: a resnet_det checkpoint, a torchvision ImageNet state_dict, a
+# detectron2 .pkl/.pth, or "" for random init. See tools/convert_weights.py.
+_C.MODEL.WEIGHTS = ""
+# "cpu", "cuda" or "cuda:N". tools/train_net.py picks cuda when available and this is "auto".
+_C.MODEL.DEVICE = "auto"
+# Per-channel mean/std in the 0-255 range, in the order of INPUT.FORMAT. These are torchvision's
+# ImageNet values in BGR order; MSRA/Caffe2 weights use std 1 and mean [103.53, 116.28, 123.675].
+_C.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
+_C.MODEL.PIXEL_STD = [57.375, 57.12, 58.395]
+# Compile the backbone with torch.compile (speed only; outputs equal within float tolerance).
+_C.MODEL.COMPILE = False
+# Store activations as channels_last (NHWC); faster for convolutions on most CPUs and on GPUs.
+_C.MODEL.CHANNELS_LAST = False
+
+_C.MODEL.BACKBONE = CN()
+# Registered builder name: build_resnet_backbone (C4), build_resnet_fpn_backbone, or your own.
+_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+# Freeze the first k stages: 0 none, 1 stem, 2 stem+res2, ... 5 everything (Appendix A: the
+# detection fine-tuning keeps the low layers and BN statistics from ImageNet pretraining).
+_C.MODEL.BACKBONE.FREEZE_AT = 2
+
+_C.MODEL.RESNETS = CN()
+# One of 18, 34, 50, 101, 152 (Table 1).
+_C.MODEL.RESNETS.DEPTH = 50
+# Which stage outputs the backbone returns: any of stem, res2, res3, res4, res5.
+_C.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+# "FrozenBN" (detection default: statistics from pretraining), "BN", "SyncBN", "GN".
+_C.MODEL.RESNETS.NORM = "FrozenBN"
+# True: stride 2 in the first 1x1 of a bottleneck (paper / MSRA / detectron2 weights); False: in
+# the 3x3 (torchvision weights). Basic blocks ignore it.
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = False
+# Channels of the stem conv and of res2's output (64 and 256 for bottlenecks, 64 for basic).
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+# Grouped convolutions (ResNeXt); 1 and 64 give the paper's ResNet.
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+# Dilation of res5 (1 or 2); with 2, res5 keeps stride 16.
+_C.MODEL.RESNETS.RES5_DILATION = 1
+# Table 3 shortcut option: "A" zero-pad identity, "B" projection where shape changes, "C" always.
+_C.MODEL.RESNETS.SHORTCUT = "B"
+# True builds the plain baseline (the same stack without shortcuts, Sec. 4.1).
+_C.MODEL.RESNETS.PLAIN = False
+# Zero-init the last BN gamma of each residual branch, so every block starts as identity.
+_C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
+
+_C.MODEL.FPN = CN()
+# Backbone stage outputs the FPN consumes (bottom-up), and its output channels.
+_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.OUT_CHANNELS = 256
+# "" (torchvision's FPN has no norm in the lateral/output convs).
+_C.MODEL.FPN.NORM = ""
+
+_C.MODEL.ANCHOR_GENERATOR = CN()
+# Anchor sizes (pixels) per feature map; C4 uses one map with all five sizes.
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
+# Height/width ratios; one list is shared by every feature map.
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+
+_C.MODEL.RPN = CN()
+# Feature maps the RPN runs on: ["res4"] for C4, ["p2", ..., "p6"] for FPN.
+_C.MODEL.RPN.IN_FEATURES = ["res4"]
+# Proposals kept per feature map before NMS, and in total after NMS (train / test).
+# Faster R-CNN's (and the paper's) C4 test setting keeps 300 proposals.
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 300
+_C.MODEL.RPN.NMS_THRESH = 0.7
+# Anchors with IoU < IOU_THRESHOLDS[0] are negative, >= IOU_THRESHOLDS[1] positive.
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# Proposals with a smaller side (pixels, in the resized image) are dropped.
+_C.MODEL.RPN.MIN_SIZE = 1e-3
+# Proposal objectness score threshold (torchvision's rpn_score_thresh).
+_C.MODEL.RPN.SCORE_THRESH = 0.0
+
+_C.MODEL.ROI_HEADS = CN()
+# Number of object classes, background excluded (detectron2's convention).
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
+# Feature maps RoI pooling reads: ["res4"] for C4, ["p2", "p3", "p4", "p5"] for FPN.
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+# A proposal with IoU >= this with a ground-truth box is foreground.
+_C.MODEL.ROI_HEADS.IOU_THRESHOLD = 0.5
+# Test-time: minimum score, per-class NMS threshold, detections kept per image.
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
+
+_C.MODEL.ROI_BOX_HEAD = CN()
+# "Res5ROIHead" (C4: the whole res5 stage + global average pool, Appendix A) or "FastRCNNConvFCHead"
+# (FPN: two fully connected layers of FC_DIM).
+_C.MODEL.ROI_BOX_HEAD.NAME = "Res5ROIHead"
+# "ROIAlign" or "ROIPool" (the paper's Faster R-CNN used RoI pooling).
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlign"
+# Pooled size: 14 for C4 (res5's stride 2 makes it 7), 7 for FPN.
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+# RoIAlign sampling points per bin; 0 = adaptive (torchvision's default is 2, detectron2's 0).
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
+# False: class-aware regression, 4 numbers per class (Appendix A / C); True: one box for all.
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+# Box-delta weights (wx, wy, ww, wh) of the second stage.
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+
+# Localization (Appendix C): per-class regression heads on the classification net.
+_C.MODEL.LOCALIZER = CN()
+# Feature the per-class head reads ("res4" or "res5").
+_C.MODEL.LOCALIZER.IN_FEATURE = "res5"
+# Weight of the box loss against the classification loss.
+_C.MODEL.LOCALIZER.BOX_LOSS_WEIGHT = 1.0
+
+# Classification (ImageNet / CIFAR pretraining).
+_C.MODEL.CLASSIFIER = CN()
+# "imagenet" (Table 1 nets) or "cifar" (Sec. 4.2, depth 6n+2).
+_C.MODEL.CLASSIFIER.STYLE = "imagenet"
+_C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+
+# ---------------------------------------------------------------------------------------------
+# INPUT
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# Shorter side at training: one is picked at random per image (multi-scale when several).
+_C.INPUT.MIN_SIZE_TRAIN = (600,)
+_C.INPUT.MAX_SIZE_TRAIN = 1000
+_C.INPUT.MIN_SIZE_TEST = 600
+_C.INPUT.MAX_SIZE_TEST = 1000
+# Channel order the model sees: "BGR" (detectron2, MSRA weights) or "RGB" (torchvision weights).
+_C.INPUT.FORMAT = "BGR"
+# Probability of a horizontal flip at training.
+_C.INPUT.RANDOM_FLIP_PROB = 0.5
+# Classification crops: training crop size and the shorter-side range of scale augmentation
+# (Sec. 3.4: [256, 480] and 224), the test resize before the center crop.
+_C.INPUT.CROP_SIZE = 224
+_C.INPUT.SCALE_RANGE = (256, 480)
+_C.INPUT.TEST_RESIZE = 256
+# Sec. 3.4's "standard color augmentation" (Krizhevsky et al. PCA lighting noise) std.
+_C.INPUT.PCA_LIGHTING_STD = 0.1
+# Mean subtraction for classification: "per_channel" or "per_pixel" (the paper's, from a mean image).
+_C.INPUT.MEAN_MODE = "per_channel"
+# CIFAR: pad each side by this many pixels before the random crop (Sec. 4.2).
+_C.INPUT.PAD = 4
+
+# ---------------------------------------------------------------------------------------------
+# DATASETS / DATALOADER
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+# Registered data set names (see resnet_det.data.catalog); list several to concatenate.
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.TEST = ()
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 2
+# Batch images of similar aspect ratio together (less padding).
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# Drop training images without annotations.
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# What to do with a missing, truncated or undecodable image: "error" stops with the file name,
+# "skip" logs it to OUTPUT_DIR/skipped_images.txt, counts it in metrics and moves on.
+_C.DATALOADER.ON_BAD_IMAGE = "error"
+# Pin host memory (faster host-to-GPU copies); ignored on CPU.
+_C.DATALOADER.PIN_MEMORY = True
+
+# ---------------------------------------------------------------------------------------------
+# SOLVER
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+# Images per batch over all processes.
+_C.SOLVER.IMS_PER_BATCH = 16
+# The batch size the LR and schedule below were tuned for; 0 = IMS_PER_BATCH (no scaling). When
+# they differ, BASE_LR scales by IMS_PER_BATCH / REFERENCE_BATCH and iterations inversely.
+_C.SOLVER.REFERENCE_BATCH = 0
+_C.SOLVER.BASE_LR = 0.02
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+# Weight decay on norm parameters and biases (None = WEIGHT_DECAY).
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = None
+_C.SOLVER.MAX_ITER = 90000
+# "WarmupMultiStepLR" (step schedule) or "WarmupCosineLR".
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+_C.SOLVER.STEPS = (60000, 80000)
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.WARMUP_FACTOR = 0.001
+_C.SOLVER.WARMUP_ITERS = 1000
+# "linear" or "constant" (ResNet-110's lr 0.01 warm-up, Sec. 4.2, is constant with factor 0.1).
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Clip gradients to this global L2 norm (0 = off).
+_C.SOLVER.CLIP_GRADIENTS = 0.0
+# Non-finite loss or gradient: "stop" with a report (iteration, loss term, image ids), or "skip"
+# the step and count it in metrics.
+_C.SOLVER.ON_NONFINITE = "stop"
+_C.SOLVER.AMP = CN()
+# Mixed precision (GPU); DTYPE "bfloat16" or "float16" (the latter uses a GradScaler).
+_C.SOLVER.AMP.ENABLED = False
+_C.SOLVER.AMP.DTYPE = "bfloat16"
+
+# ---------------------------------------------------------------------------------------------
+# TEST
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Evaluate every this many iterations (0 = only at the end).
+_C.TEST.EVAL_PERIOD = 0
+# Metric whose best value keeps OUTPUT_DIR/model_best.pth, e.g. "bbox/AP" or "top1_acc".
+_C.TEST.BEST_METRIC = "bbox/AP"
+# Classification protocols: "center" crop, "10crop" (Tables 2-3), "multiscale" (Table 4).
+_C.TEST.CLS_PROTOCOL = "center"
+_C.TEST.MULTISCALE_SIZES = (224, 256, 384, 480, 640)
+
+# Visualization: images drawn at the end of training (0 = none) and the score threshold.
+_C.VIS = CN()
+_C.VIS.NUM_IMAGES = 4
+_C.VIS.SCORE_THRESH = 0.5
+
+_C.OUTPUT_DIR = "./output"
+# Seed for python, numpy and torch; negative = a random seed (logged).
+_C.SEED = 0
+# Logging period in iterations.
+_C.LOG_PERIOD = 20
