@@ -41,9 +41,10 @@ _C.MODEL.RESNETS.NORM = "FrozenBN"
 # True: stride 2 in the first 1x1 of a bottleneck (paper / MSRA / detectron2 weights); False: in
 # the 3x3 (torchvision weights). Basic blocks ignore it.
 _C.MODEL.RESNETS.STRIDE_IN_1X1 = False
-# Channels of the stem conv and of res2's output (64 and 256 for bottlenecks, 64 for basic).
+# Channels of the stem conv and of res2's output; 0 derives res2's from the block type (Table 1:
+# 64 for basic blocks, 256 = 4 x 64 for bottlenecks). Later stages double it.
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
-_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0
 # Grouped convolutions (ResNeXt); 1 and 64 give the paper's ResNet.
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
