@@ -20,7 +20,7 @@ from .colormap import GT_COLOR, class_color, text_color_for
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DrawStyle", "default_style", "label_rect", "draw_instances", "draw_dataset_dict",
+    "DrawStyle", "default_style", "label_rect", "label_layout", "draw_instances", "draw_dataset_dict",
     "side_by_side", "list_images", "read_image", "visualize_images",
 ]
 
@@ -120,6 +120,19 @@ def label_rect(label_size: tuple[int, int], box: Sequence[int], image_hw: tuple[
     return (max(x, 0), max(y, 0), max(x, 0) + lw, max(y, 0) + lh)
 
 
+def label_layout(text: str, box: Sequence[int], image_hw: tuple[int, int], style: DrawStyle | None = None):
+    """How ``text`` is drawn for ``box``: (rect (x0, y0, x1, y1) half-open, text, font scale, text height).
+
+    The text may come back shrunk or truncated so that it fits; None when not even one glyph fits.
+    """
+    style = style or default_style(*image_hw)
+    fitted = _fit_text(text, image_hw[1], image_hw[0], style)
+    if fitted is None:
+        return None
+    text, scale, size, (th, _) = fitted
+    return label_rect(size, box, image_hw), text, scale, th
+
+
 def _dashed_rectangle(img, p0, p1, color, thickness, dash: int):
     x0, y0 = p0
     x1, y1 = p1
@@ -156,11 +169,10 @@ def _draw_boxes(img, boxes, colors, labels, style: DrawStyle, dashed: bool = Fal
     for box, color, text, k in zip(clipped.tolist(), colors, labels, keep):
         if not k or not text:
             continue
-        fitted = _fit_text(text, width, height, style)
-        if fitted is None:  # image smaller than one glyph: a label cannot stay inside it
+        layout = label_layout(text, box, (height, width), style)
+        if layout is None:  # image smaller than one glyph: a label cannot stay inside it
             continue
-        text, scale, size, (th, _) = fitted
-        lx0, ly0, lx1, ly1 = label_rect(size, box, (height, width))
+        (lx0, ly0, lx1, ly1), text, scale, th = layout
         cv2.rectangle(img, (lx0, ly0), (lx1 - 1, ly1 - 1), color, cv2.FILLED)
         cv2.putText(img, text, (lx0 + style.pad, ly0 + style.pad + th), _FONT, scale,
                     text_color_for(color), style.font_thickness, cv2.LINE_AA)
