@@ -13,15 +13,18 @@ logger = logging.getLogger(__name__)
 def resnet_kwargs_from_cfg(cfg) -> dict:
     """The ResNet constructor arguments that MODEL.RESNETS / MODEL.BACKBONE describe."""
     r = cfg.MODEL.RESNETS
-    if cfg.MODEL.BACKBONE.FREEZE_AT > 0 and not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.BACKBONE.FREEZE_AT=%d with no MODEL.WEIGHTS freezes randomly initialised "
-                       "stages; set FREEZE_AT 0 to train from scratch or give pretrained weights",
-                       cfg.MODEL.BACKBONE.FREEZE_AT)
     return dict(depth=r.DEPTH, norm=r.NORM, stride_in_1x1=r.STRIDE_IN_1X1, shortcut=r.SHORTCUT,
                 plain=r.PLAIN, zero_init_residual=r.ZERO_INIT_RESIDUAL,
                 freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, num_groups=r.NUM_GROUPS,
                 width_per_group=r.WIDTH_PER_GROUP, res5_dilation=r.RES5_DILATION,
                 stem_out_channels=r.STEM_OUT_CHANNELS, res2_out_channels=r.RES2_OUT_CHANNELS)
+
+
+def warn_frozen_random_init(cfg) -> None:
+    if cfg.MODEL.BACKBONE.FREEZE_AT > 0 and not cfg.MODEL.WEIGHTS:
+        logger.warning("MODEL.BACKBONE.FREEZE_AT=%d with no MODEL.WEIGHTS freezes randomly initialised "
+                       "stages; set FREEZE_AT 0 to train from scratch or give pretrained weights",
+                       cfg.MODEL.BACKBONE.FREEZE_AT)
 
 
 @BACKBONE_REGISTRY.register()

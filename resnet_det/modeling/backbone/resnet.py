@@ -36,6 +36,26 @@ def freeze_at_from(*, trainable_layers: int | None = None, frozen_stages: int | 
     return frozen_stages + 1
 
 
+def build_stage(index: int, *, block: str, num_blocks: int, norm: str, shortcut: str, plain: bool,
+                stride_in_1x1: bool, num_groups: int, width_per_group: int, res5_dilation: int,
+                stem_out_channels: int, res2_out_channels: int) -> nn.Sequential:
+    """Stage `index` (1 = conv2_x/res2 .. 4 = conv5_x/res5) as Table 1 sizes it.
+
+    Widths double per stage from res2's; the backbone and the C4 res5 head both call this.
+    """
+    res2_out = res2_out_channels or STAGE_WIDTHS[0] * EXPANSION[block]
+    in_ch = stem_out_channels if index == 1 else res2_out * 2 ** (index - 2)
+    out_ch = res2_out * 2 ** (index - 1)
+    # Downsampling by stride 2 in conv3_1, conv4_1, conv5_1 (res5 keeps stride 16 when dilated).
+    dilation = res5_dilation if index == 4 else 1
+    first_stride = 1 if index == 1 or dilation > 1 else 2
+    kwargs = dict(norm=norm, shortcut=shortcut, plain=plain, dilation=dilation)
+    if block == "bottleneck":
+        width = num_groups * width_per_group * 2 ** (index - 1)
+        kwargs.update(bottleneck_channels=width, stride_in_1x1=stride_in_1x1, groups=num_groups)
+    return make_stage(block, num_blocks, in_ch, out_ch, first_stride, **kwargs)
+
+
 def check_depth(depth: int) -> tuple[str, tuple[int, ...]]:
     if depth not in ARCHS:
         raise ValueError(f"depth={depth!r}: expected one of {', '.join(map(str, ARCHS))} (Table 1)")
@@ -97,22 +117,16 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         specs = {"stem": ShapeSpec(stem_out_channels, 4)}
 
-        in_ch, stride = stem_out_channels, 4
-        out_ch = res2_out_channels or STAGE_WIDTHS[0] * EXPANSION[block]
-        width = num_groups * width_per_group
+        stride = 4
         for i in range(1, last + 1):
-            # Downsampling by stride 2 in conv3_1, conv4_1, conv5_1 (res5 keeps stride when dilated).
-            dilation = res5_dilation if i == 4 else 1
-            first_stride = 1 if i == 1 or dilation > 1 else 2
-            kwargs = dict(norm=norm, shortcut=shortcut, plain=plain, dilation=dilation)
-            if block == "bottleneck":
-                kwargs.update(bottleneck_channels=width, stride_in_1x1=stride_in_1x1, groups=num_groups)
-            stage = make_stage(block, counts[i - 1], in_ch, out_ch, first_stride, **kwargs)
+            stage = build_stage(i, block=block, num_blocks=counts[i - 1], norm=norm, shortcut=shortcut,
+                                plain=plain, stride_in_1x1=stride_in_1x1, num_groups=num_groups,
+                                width_per_group=width_per_group, res5_dilation=res5_dilation,
+                                stem_out_channels=stem_out_channels, res2_out_channels=res2_out_channels)
             self.add_module(f"layer{i}", stage)
-            stride *= first_stride
+            stride *= stage[0].stride
             in_ch = stage[-1].out_channels
             specs[STAGE_NAMES[i]] = ShapeSpec(in_ch, stride)
-            out_ch, width = out_ch * 2, width * 2
         self.num_stages = last
         self._specs = specs
 

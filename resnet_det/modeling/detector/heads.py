@@ -1,0 +1,116 @@
+"""Per-region heads: the C4 res5 head (Appendix A), the FPN fc head, pooling, and the predictor."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import MultiScaleRoIAlign, roi_pool
+
+from ..backbone.backbone import ShapeSpec
+from ..backbone.blocks import init_weights
+from ..backbone.resnet import build_stage, check_depth
+
+
+class Res5ROIHead(nn.Module):
+    """All of conv5_x (first block stride 2) then global average pooling, per region (Appendix A).
+
+    `res5` is built by the same `build_stage` as the backbone's `layer4` and holds the same names,
+    so a classification checkpoint's `layer4.*` loads into `res5.*` unchanged.
+    """
+
+    def __init__(self, backbone_kwargs: dict, in_channels: int):
+        super().__init__()
+        kw = dict(backbone_kwargs)
+        block, counts = check_depth(kw.pop("depth"))
+        freeze_at = kw.pop("freeze_at", 0)
+        kw.pop("zero_init_residual", None)
+        self.res5 = build_stage(4, block=block, num_blocks=counts[3], **kw)
+        if self.res5[0].conv1.in_channels != in_channels:
+            raise ValueError(f"res5 expects {self.res5[0].conv1.in_channels} input channels, the pooled "
+                             f"features have {in_channels}")
+        init_weights(self.res5, backbone_kwargs.get("zero_init_residual", False))
+        if freeze_at >= 5:  # FREEZE_AT 5 freezes every stage, this one included
+            for p in self.res5.parameters():
+                p.requires_grad_(False)
+        self.out_channels = self.res5[-1].out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class FCHead(nn.Module):
+    """Flatten then NUM_FC x (fc + ReLU); names fc6, fc7 as torchvision's TwoMLPHead."""
+
+    def __init__(self, in_features: int, fc_dim: int = 1024, num_fc: int = 2):
+        super().__init__()
+        if num_fc < 1:
+            raise ValueError(f"MODEL.ROI_BOX_HEAD.NUM_FC={num_fc}: expected at least 1")
+        for i in range(num_fc):
+            self.add_module(f"fc{6 + i}", nn.Linear(in_features if i == 0 else fc_dim, fc_dim))
+        self.num_fc, self.out_channels = num_fc, fc_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(start_dim=1)
+        for i in range(self.num_fc):
+            x = torch.relu(getattr(self, f"fc{6 + i}")(x))
+        return x
+
+
+class FastRCNNPredictor(nn.Module):
+    """(K+1)-way classifier and box regression: 4 numbers per class (class-aware, Appendix A/C)
+    or one box shared by all classes (class-agnostic; repeated so torchvision's loss and decoding
+    read the class column as usual)."""
+
+    def __init__(self, in_channels: int, num_classes: int, cls_agnostic: bool = False):
+        super().__init__()
+        self.num_classes = num_classes  # including background
+        self.cls_agnostic = cls_agnostic
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, 4 if cls_agnostic else num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        for layer in (self.cls_score, self.bbox_pred):
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.flatten(start_dim=1)
+        deltas = self.bbox_pred(x)
+        if self.cls_agnostic:
+            deltas = deltas.repeat(1, self.num_classes)
+        return self.cls_score(x), deltas
+
+
+class ROIPool(nn.Module):
+    """The paper's RoI pooling (max pool over quantised bins) on one feature map; same call
+    signature as torchvision's MultiScaleRoIAlign."""
+
+    def __init__(self, feature: str, output_size: int, stride: int):
+        super().__init__()
+        self.feature, self.output_size, self.scale = feature, output_size, 1.0 / stride
+
+    def forward(self, features: dict, proposals: list, image_shapes: list) -> torch.Tensor:
+        return roi_pool(features[self.feature], proposals, self.output_size, self.scale)
+
+
+def build_box_pooler(cfg, shapes: dict[str, ShapeSpec]) -> nn.Module:
+    head = cfg.MODEL.ROI_BOX_HEAD
+    names = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES={names}: {missing} not produced by the backbone "
+                         f"(outputs: {list(shapes)})")
+    if head.POOLER_TYPE == "ROIPool":
+        if len(names) != 1:
+            raise ValueError("POOLER_TYPE ROIPool reads one feature map; use ROIAlign for FPN levels")
+        return ROIPool(names[0], head.POOLER_RESOLUTION, shapes[names[0]].stride)
+    return MultiScaleRoIAlign(featmap_names=names, output_size=head.POOLER_RESOLUTION,
+                              sampling_ratio=head.POOLER_SAMPLING_RATIO)
+
+
+def build_box_head(cfg, shapes: dict[str, ShapeSpec], backbone_kwargs: dict) -> nn.Module:
+    head = cfg.MODEL.ROI_BOX_HEAD
+    in_channels = shapes[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
+    if head.NAME == "Res5ROIHead":
+        if list(cfg.MODEL.ROI_HEADS.IN_FEATURES) != ["res4"]:
+            raise ValueError("Res5ROIHead (C4) pools res4: set MODEL.ROI_HEADS.IN_FEATURES ['res4']")
+        return Res5ROIHead(backbone_kwargs, in_channels)
+    return FCHead(in_channels * head.POOLER_RESOLUTION ** 2, head.FC_DIM, head.NUM_FC)

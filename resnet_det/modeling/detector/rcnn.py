@@ -1,0 +1,158 @@
+"""Faster R-CNN on ResNet stage outputs, assembled from torchvision.models.detection parts.
+
+C4 (Appendix A): res4 (stride 16) feeds the RPN and RoI pooling; res5 + average pooling is the
+per-region head. FPN: P2..P6 feed the RPN, P2..P5 the RoIAlign + 2-fc head. The module names
+(`backbone`, `rpn`, `roi_heads`, `transform`) are torchvision's FasterRCNN's, so its weights load.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from ..backbone import build_backbone, resnet_kwargs_from_cfg
+from ..backbone.build import warn_frozen_random_init
+from .heads import FastRCNNPredictor, build_box_head, build_box_pooler
+
+logger = logging.getLogger(__name__)
+
+
+class ResizeNormalize(GeneralizedRCNNTransform):
+    """torchvision's resize/normalize/batch, with detectron2's separate train and test sizes.
+
+    Images arrive as 0-255 floats in INPUT.FORMAT order; mean/std are in that range, so the
+    normalisation equals torchvision's (x/255 - m/255) / (s/255).
+    """
+
+    def __init__(self, cfg, size_divisible: int):
+        i = cfg.INPUT
+        self._sizes = {True: (tuple(i.MIN_SIZE_TRAIN), i.MAX_SIZE_TRAIN),
+                       False: ((i.MIN_SIZE_TEST,), i.MAX_SIZE_TEST)}
+        super().__init__(i.MIN_SIZE_TEST, i.MAX_SIZE_TEST, list(cfg.MODEL.PIXEL_MEAN),
+                         list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible))
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        # Multi-scale training draws one of MIN_SIZE_TRAIN per image (torchvision's torch_choice).
+        self.min_size, self.max_size = self._sizes[bool(mode)]
+        return super().train(mode)
+
+
+def _anchor_generator(cfg, num_maps: int) -> AnchorGenerator:
+    sizes = [tuple(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    ratios = [tuple(r) for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS]
+    if len(ratios) == 1:
+        ratios = ratios * len(sizes)
+    if len(sizes) != num_maps or len(ratios) != num_maps:
+        raise ValueError(f"MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} lists and ASPECT_RATIOS "
+                         f"{len(ratios)}, but MODEL.RPN.IN_FEATURES names {num_maps} feature maps; "
+                         "give one list per map (C4: one map, e.g. [[32, 64, 128, 256, 512]])")
+    return AnchorGenerator(tuple(sizes), tuple(ratios))
+
+
+class FasterRCNN(GeneralizedRCNN):
+    """Faster R-CNN whose `forward` takes resnet_det's input dicts (docs/CONTRACTS.md).
+
+    Contiguous class ids 0..K-1 outside; torchvision's 1..K (0 = background) inside.
+    """
+
+    def __init__(self, backbone, rpn, roi_heads, transform, input_format: str, rpn_features, roi_features):
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.input_format = input_format
+        self.rpn_features, self.roi_features = list(rpn_features), list(roi_features)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def preprocess(self, batched_inputs: list[dict]):
+        images = [d["image"].to(self.device, non_blocking=True).float() for d in batched_inputs]
+        targets = None
+        if self.training:
+            targets = [{"boxes": d["boxes"].to(self.device).float(),
+                        "labels": d["classes"].to(self.device).long() + 1} for d in batched_inputs]
+        return images, targets
+
+    def forward(self, batched_inputs: list[dict]):
+        images, targets = self.preprocess(batched_inputs)
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        images, targets = self.transform(images, targets)
+        features = self.backbone(images.tensors)
+        rpn_in = {k: features[k] for k in self.rpn_features}
+        proposals, proposal_losses = self.rpn(images, rpn_in, targets)
+        roi_in = {k: features[k] for k in self.roi_features}
+        detections, detector_losses = self.roi_heads(roi_in, proposals, images.image_sizes, targets)
+        if self.training:
+            return {**detector_losses, **proposal_losses}
+        detections = self.transform.postprocess(detections, images.image_sizes, original_sizes)
+        return [{"instances": {"boxes": d["boxes"], "scores": d["scores"],
+                               "pred_classes": d["labels"] - 1}} for d in detections]
+
+
+def build_model(cfg) -> FasterRCNN:
+    """Faster R-CNN (C4 or FPN, by MODEL.BACKBONE.NAME and MODEL.ROI_BOX_HEAD.NAME) from the config."""
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: build_model builds "
+                         "'GeneralizedRCNN'; classifiers come from resnet_det.modeling.build_classifier")
+    warn_frozen_random_init(cfg)
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    rpn_names = list(cfg.MODEL.RPN.IN_FEATURES)
+    missing = [n for n in rpn_names if n not in shapes]
+    if missing:
+        raise ValueError(f"MODEL.RPN.IN_FEATURES={rpn_names}: {missing} not produced by backbone "
+                         f"{cfg.MODEL.BACKBONE.NAME} (outputs: {list(shapes)})")
+    channels = {shapes[n].channels for n in rpn_names}
+    if len(channels) != 1:
+        raise ValueError(f"MODEL.RPN.IN_FEATURES={rpn_names} have different channels {channels}")
+    anchors = _anchor_generator(cfg, len(rpn_names))
+    r = cfg.MODEL.RPN
+    rpn = RegionProposalNetwork(
+        anchors, RPNHead(channels.pop(), anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=r.IOU_THRESHOLDS[1], bg_iou_thresh=r.IOU_THRESHOLDS[0],
+        batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
+        pre_nms_top_n=dict(training=r.PRE_NMS_TOPK_TRAIN, testing=r.PRE_NMS_TOPK_TEST),
+        post_nms_top_n=dict(training=r.POST_NMS_TOPK_TRAIN, testing=r.POST_NMS_TOPK_TEST),
+        nms_thresh=r.NMS_THRESH, score_thresh=r.SCORE_THRESH)
+    rpn.min_size = r.MIN_SIZE
+
+    h, b = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
+    box_head = build_box_head(cfg, shapes, resnet_kwargs_from_cfg(cfg))
+    predictor = FastRCNNPredictor(box_head.out_channels, h.NUM_CLASSES + 1, b.CLS_AGNOSTIC_BBOX_REG)
+    roi_heads = RoIHeads(
+        build_box_pooler(cfg, shapes), box_head, predictor,
+        fg_iou_thresh=h.IOU_THRESHOLD, bg_iou_thresh=h.IOU_THRESHOLD,
+        batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
+        bbox_reg_weights=tuple(b.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH_TEST,
+        nms_thresh=h.NMS_THRESH_TEST, detections_per_img=h.DETECTIONS_PER_IMAGE)
+    model = FasterRCNN(backbone, rpn, roi_heads, ResizeNormalize(cfg, backbone.size_divisibility),
+                       cfg.INPUT.FORMAT, rpn_names, h.IN_FEATURES)
+    logger.info("Parameters per stage (trainable / frozen):\n%s", parameter_table(model))
+    return model
+
+
+def parameter_table(model: nn.Module) -> str:
+    """Trainable vs frozen parameter counts per backbone stage and per head."""
+    groups: dict[str, list[int]] = {}
+    stage_of = {"conv1": "stem", "bn1": "stem", "layer1": "res2", "layer2": "res3", "layer3": "res4",
+                "layer4": "res5"}
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if parts[:2] == ["backbone", "body"]:
+            key = "backbone." + stage_of.get(parts[2], parts[2])
+        elif parts[0] == "roi_heads":
+            key = "roi_heads." + parts[1]
+        else:
+            key = ".".join(parts[:2]) if parts[0] == "backbone" else parts[0]
+        counts = groups.setdefault(key, [0, 0])
+        counts[0 if p.requires_grad else 1] += p.numel()
+    width = max(map(len, groups)) + 2
+    lines = [f"{'module':<{width}}{'trainable':>12}{'frozen':>12}"]
+    lines += [f"{k:<{width}}{t:>12,}{f:>12,}" for k, (t, f) in groups.items()]
+    return "\n".join(lines)
