@@ -96,6 +96,9 @@ def test_labels_stay_inside_the_image(tmp_path, box, name):
     assert layout is not None
     rect, text, _, _ = layout
     assert 0 <= rect[0] < rect[2] <= W and 0 <= rect[1] < rect[3] <= H
+    lh = rect[3] - rect[1]
+    # Above the box when there is room, else just inside its top edge (not over the frame's top).
+    assert rect[1] == (clipped[1] - lh if clipped[1] >= lh else min(clipped[1], H - lh))
     color = np.array(class_color(5))
     inside = _rect_mask((H, W), rect)
     # The drawn label really is that rectangle: filled, with text in it...
