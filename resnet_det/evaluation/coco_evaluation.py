@@ -1,0 +1,242 @@
+"""COCO box AP with the official pycocotools COCOeval (AP, AP50, AP75, APs, APm, APl, per-class AP).
+
+The numbers are pycocotools' own: this module only converts predictions to the COCO result format and
+reads COCOeval's arrays, so they match a direct pycocotools run on the same ground-truth and result json.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COCOEvaluator", "instances_to_coco_results"]
+
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
+
+
+def _quiet(fn, *args):
+    """Call a pycocotools function with its progress prints captured; returns (result, printed text)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        out = fn(*args)
+    return out, buf.getvalue()
+
+
+def _dicts_to_coco(dataset_dicts: list[dict], thing_classes: list[str], id_map: dict | None) -> dict:
+    """Dataset dicts -> COCO instances dict; the data room's converter when it exists (one place)."""
+    try:
+        from resnet_det.data.coco import dataset_dicts_to_coco
+    except ImportError:
+        dataset_dicts_to_coco = None
+    if dataset_dicts_to_coco is not None:
+        return dataset_dicts_to_coco(dataset_dicts, thing_classes, id_map)
+    # Fallback with the same output: category id = the mapping's dataset id, else contiguous id + 1.
+    to_ds = {v: int(k) for k, v in id_map.items()} if id_map else {i: i + 1 for i in range(len(thing_classes))}
+    images, anns = [], []
+    for d in dataset_dicts:
+        images.append({k: d[k] for k in ("file_name", "height", "width")} | {"id": d["image_id"]})
+        for a in d.get("annotations", []):
+            x0, y0, x1, y1 = (float(v) for v in a["bbox"])
+            anns.append({"id": len(anns) + 1, "image_id": d["image_id"], "category_id": to_ds[a["category_id"]],
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                         "iscrowd": int(a.get("iscrowd", 0))})
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": to_ds[i], "name": n} for i, n in enumerate(thing_classes)]}
+
+
+def instances_to_coco_results(instances: dict, image_id: int, contiguous_to_dataset: dict) -> list[dict]:
+    """One image's ``{"boxes" XYXY, "scores", "pred_classes"}`` -> COCO result records (xywh boxes)."""
+    for key in ("boxes", "scores", "pred_classes"):
+        if key not in instances:
+            raise KeyError(f"model output 'instances' of image {image_id} has no {key!r} (has "
+                           f"{sorted(instances)}); see docs/CONTRACTS.md, 'Model output'")
+    boxes = np.asarray(instances["boxes"].detach().cpu().double(), dtype=np.float64).reshape(-1, 4)
+    scores = instances["scores"].detach().cpu().double().tolist()
+    classes = instances["pred_classes"].detach().cpu().tolist()
+    results = []
+    for (x0, y0, x1, y1), s, c in zip(boxes.tolist(), scores, classes):
+        if c not in contiguous_to_dataset:
+            raise ValueError(f"image {image_id}: predicted class {c} is outside 0..{len(contiguous_to_dataset) - 1}"
+                             f"; does MODEL.ROI_HEADS.NUM_CLASSES match the data set's classes?")
+        results.append({"image_id": int(image_id), "category_id": contiguous_to_dataset[c],
+                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)})
+    return results
+
+
+class COCOEvaluator(DatasetEvaluator):
+    """Box AP of detections against a COCO-format ground truth, computed by pycocotools.
+
+    Args:
+        ground_truth: a COCO instances json path, a ``pycocotools.coco.COCO``, or a list of dataset dicts
+            (CONTRACTS.md), which is converted to ``<output_dir>/inference/gt_coco_format.json``.
+        thing_classes: class names by contiguous id; default: the json's category names by increasing id.
+        thing_dataset_id_to_contiguous_id: json category id -> contiguous id; default: categories by
+            increasing id -> 0..K-1 (how resnet_det.data reads a COCO json).
+        output_dir: where ``inference/coco_instances_results.json`` is written (None: nothing is written).
+        distributed: gather predictions from all ranks to rank 0 when a process group is initialised.
+
+    What pycocotools decides, this class keeps: crowd boxes never count as misses and detections on
+    them are ignored; a category without ground truth gets AP NaN (shown as nan, left out of the mean);
+    an area range without ground truth gives NaN (pycocotools' -1). Only the images this evaluator saw
+    in ``process()`` are evaluated, so evaluating a subset of the data does not count the rest as misses.
+    Results whose ``image_id`` is not in the ground truth (pycocotools would assert) are dropped with a
+    warning that names the ids. With zero detections, pycocotools' own evaluation of an empty result
+    set is returned (AP 0 where ground truth exists) with a warning.
+    """
+
+    def __init__(self, ground_truth: str | os.PathLike | COCO | list[dict], thing_classes: list[str] | None = None,
+                 thing_dataset_id_to_contiguous_id: dict | None = None, output_dir: str | None = None,
+                 distributed: bool = True):
+        self._output_dir = output_dir
+        self._distributed = distributed
+        if isinstance(ground_truth, list):
+            if thing_classes is None:
+                raise ValueError("COCOEvaluator: thing_classes are required when the ground truth is a "
+                                 "list of dataset dicts (their category ids are contiguous indices)")
+            gt_dict = _dicts_to_coco(ground_truth, thing_classes, thing_dataset_id_to_contiguous_id)
+            if output_dir:
+                path = os.path.join(output_dir, "inference", "gt_coco_format.json")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(gt_dict, f)
+                logger.info("wrote the ground truth in COCO format to %s", path)
+            self._coco = COCO()
+            self._coco.dataset = gt_dict
+            _quiet(self._coco.createIndex)
+            # Whichever converter wrote the json, map its category ids back through the class names.
+            thing_dataset_id_to_contiguous_id = {c["id"]: thing_classes.index(c["name"])
+                                                 for c in gt_dict["categories"]}
+        elif isinstance(ground_truth, COCO):
+            self._coco = ground_truth
+        else:
+            path = os.fspath(ground_truth)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
+            self._coco, _ = _quiet(COCO, path)
+
+        cats = sorted(self._coco.loadCats(self._coco.getCatIds()), key=lambda c: c["id"])
+        if thing_dataset_id_to_contiguous_id is None:
+            thing_dataset_id_to_contiguous_id = {c["id"]: i for i, c in enumerate(cats)}
+        if thing_classes is None:
+            thing_classes = [c["name"] for c in cats]
+        self._id_map = {int(k): int(v) for k, v in thing_dataset_id_to_contiguous_id.items()}
+        unknown = sorted(set(self._id_map) - set(self._coco.getCatIds()))
+        if unknown:
+            raise ValueError(f"COCOEvaluator: thing_dataset_id_to_contiguous_id names category ids {unknown} "
+                             f"that the ground truth does not have (it has {sorted(self._coco.getCatIds())})")
+        if sorted(self._id_map.values()) != list(range(len(thing_classes))):
+            raise ValueError(f"COCOEvaluator: thing_dataset_id_to_contiguous_id values "
+                             f"{sorted(self._id_map.values())} must be 0..{len(thing_classes) - 1}, one per "
+                             f"entry of thing_classes ({len(thing_classes)} classes)")
+        self._to_dataset = {v: k for k, v in self._id_map.items()}
+        self._thing_classes = list(thing_classes)
+        self.reset()
+
+    @classmethod
+    def from_dataset(cls, dataset_name: str, output_dir: str | None = None, **kwargs) -> "COCOEvaluator":
+        """Build from a registered data set: its ``json_file`` when it has one, else its dataset dicts."""
+        DatasetCatalog, MetadataCatalog = data_catalogs()
+
+        meta = MetadataCatalog.get(dataset_name)
+        json_file = meta.get("json_file")
+        if json_file:
+            return cls(json_file, meta.get("thing_classes"), meta.get("thing_dataset_id_to_contiguous_id"),
+                       output_dir=output_dir, **kwargs)
+        return cls(DatasetCatalog.get(dataset_name), meta.thing_classes,
+                   meta.get("thing_dataset_id_to_contiguous_id"), output_dir=output_dir, **kwargs)
+
+    def reset(self) -> None:
+        self._predictions: list[dict] = []  # one {"image_id", "instances": [coco records]} per image
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for inp, out in zip(inputs, outputs, strict=True):
+            if "instances" not in out:
+                raise KeyError(f"model output of image {inp.get('image_id')} has no 'instances' (has "
+                               f"{sorted(out)}); see docs/CONTRACTS.md, 'Model output'")
+            self._predictions.append({"image_id": int(inp["image_id"]), "instances": instances_to_coco_results(
+                out["instances"], inp["image_id"], self._to_dataset)})
+
+    def evaluate(self) -> dict:
+        predictions = gather_to_main(self._predictions) if self._distributed else self._predictions
+        if predictions is None:
+            return {}
+        if not predictions:
+            logger.warning("COCOEvaluator: process() saw no images; nothing to evaluate")
+            return {}
+        results = [r for p in predictions for r in p["instances"]]
+        img_ids = {p["image_id"] for p in predictions}
+        known = set(self._coco.getImgIds())
+        stray = sorted(img_ids - known)
+        if stray:
+            logger.warning("COCOEvaluator: dropping the results of %d image id(s) not in the ground truth "
+                           "(pycocotools would fail on them): %s%s", len(stray), stray[:20],
+                           " ..." if len(stray) > 20 else "")
+            results = [r for r in results if r["image_id"] in known]
+            img_ids &= known
+        if len(img_ids) < len(known):
+            logger.info("COCOEvaluator: evaluating %d of the %d ground-truth images (those processed)",
+                        len(img_ids), len(known))
+        if self._output_dir:
+            path = os.path.join(self._output_dir, "inference", "coco_instances_results.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(results, f)
+            logger.info("saved %d detections to %s", len(results), path)
+        return {"bbox": self._evaluate_bbox(results, sorted(img_ids))}
+
+    def _evaluate_bbox(self, results: list[dict], img_ids: list[int]) -> dict:
+        if results:
+            # loadRes adds keys to the records it is given; keep ours (and the json) as written.
+            coco_dt, _ = _quiet(self._coco.loadRes, copy.deepcopy(results))
+        else:
+            logger.warning("COCOEvaluator: no detections at all; every AP is 0 (NaN where there is no "
+                           "ground truth). Is MODEL.ROI_HEADS.SCORE_THRESH_TEST too high?")
+            # loadRes cannot take an empty list; an empty result set is what it would have built.
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(self._coco.dataset["images"]), "annotations": [],
+                               "categories": copy.deepcopy(self._coco.dataset["categories"])}
+            _quiet(coco_dt.createIndex)
+        coco_eval = COCOeval(self._coco, coco_dt, "bbox")
+        coco_eval.params.imgIds = img_ids
+        _quiet(coco_eval.evaluate)
+        _quiet(coco_eval.accumulate)
+        _, summary = _quiet(coco_eval.summarize)
+        logger.info("COCOeval summary:\n%s", summary.rstrip())
+
+        # pycocotools writes -1 for "no ground truth in this area range": NaN, so it cannot pass for 0.
+        metrics = {m: float(s * 100) if s >= 0 else math.nan for m, s in zip(COCO_METRICS, coco_eval.stats)}
+        logger.info("Box AP (%%):\n%s", format_table([[metrics[m] for m in COCO_METRICS]], COCO_METRICS))
+        metrics.update(self._per_category_ap(coco_eval))
+        return metrics
+
+    def _per_category_ap(self, coco_eval: COCOeval) -> dict:
+        """AP@[.5:.95] per class from COCOeval's precision array [T, R, K, A, M] (all areas, 100 dets)."""
+        precision = coco_eval.eval["precision"]
+        cat_ids = coco_eval.params.catIds  # K axis order
+        per_class: dict[str, float] = {}
+        for k, cat_id in enumerate(cat_ids):
+            if cat_id not in self._id_map:
+                continue  # a json category the model does not predict
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]  # -1: no ground truth of this class in the evaluated images
+            per_class[self._thing_classes[self._id_map[cat_id]]] = float(np.mean(p) * 100) if p.size else math.nan
+        # Three (class, AP) pairs per row keeps long class lists readable.
+        items = [(name, per_class[name]) for name in self._thing_classes if name in per_class]
+        rows = [sum(map(list, items[i:i + 3]), []) for i in range(0, len(items), 3)]
+        if rows:
+            rows[-1] += [""] * (6 - len(rows[-1]))
+            logger.info("Per-category box AP (%%):\n%s", format_table(rows, ["category", "AP"] * 3))
+        return {f"AP-{name}": ap for name, ap in per_class.items()}
