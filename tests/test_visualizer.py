@@ -172,6 +172,9 @@ def test_ground_truth_overlay_is_dashed_white_and_side_by_side():
     white = (top == GT_COLOR).all(axis=1)
     assert 0.3 < white.mean() < 0.9  # dashes and gaps along the top edge
     assert not (out[11:70, 11:90] != 0).any()
+    named = draw_instances(img, [], [], [], ["a", "b"], gt_boxes=[[10, 30, 90, 70]], gt_classes=[1])
+    x0, y0, x1, y1 = label_layout("b", (10, 30, 90, 70), (80, 100))[0]
+    assert y1 == 30 and 0.5 < (named[y0:y1, x0:x1] == 255).all(axis=2).mean() < 1  # white "b" label above
     d = {"file_name": "x.png", "annotations": [{"bbox": [10, 30, 40, 60], "category_id": 1, "iscrowd": 0}]}
     gt = draw_dataset_dict(img, d, ["a", "b"])
     assert (gt[45, 10] == class_color(1)).all() and (gt[45, 40] == class_color(1)).all()
@@ -209,6 +212,8 @@ def test_visualize_images_writes_one_drawing_per_input(tmp_path):
     assert cv2.imread(written[1]).shape == (60, 70, 3)
     dicts = [{"file_name": p, "image_id": i, "annotations": [{"bbox": [30, 10, 60, 40], "category_id": 0,
                                                                "iscrowd": 0}]} for i, p in enumerate(paths)]
+    over = visualize_images(pred, dicts, str(tmp_path / "gt"), show_gt=True, progress=False)
+    assert (cv2.imread(over[0])[10, 30:61] == 255).all(axis=1).any()  # dashed white GT top edge (PNG)
     both = visualize_images(pred, dicts, str(tmp_path / "sbs"), side_by_side_gt=True, progress=False)
     assert cv2.imread(both[0]).shape[1] > 140
     with pytest.raises(ValueError, match="dataset dicts"):

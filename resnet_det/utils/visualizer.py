@@ -49,7 +49,8 @@ def default_style(height: int, width: int) -> DrawStyle:
 
 def _check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"{what}: expected a numpy uint8 HxWx3 BGR array (cv2.imread), got {type(image).__name__}")
+        raise TypeError(f"{what}: expected a numpy uint8 HxWx3 BGR array (cv2.imread), "
+                        f"got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise ValueError(f"{what}: expected dtype uint8 (0-255 BGR as from cv2.imread), got {image.dtype}")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
@@ -163,7 +164,8 @@ def _draw_boxes(img, boxes, colors, labels, style: DrawStyle, dashed: bool = Fal
         if not k:
             continue
         if dashed:
-            _dashed_rectangle(img, (x0, y0), (x1, y1), color, style.line_thickness, dash=max(3, 4 * style.line_thickness))
+            _dashed_rectangle(img, (x0, y0), (x1, y1), color, style.line_thickness,
+                              dash=max(3, 4 * style.line_thickness))
         else:
             cv2.rectangle(img, (x0, y0), (x1, y1), color, style.line_thickness, cv2.LINE_8)
     for box, color, text, k in zip(clipped.tolist(), colors, labels, keep):
@@ -185,7 +187,8 @@ def draw_instances(image_bgr: np.ndarray, boxes, scores, classes, class_names: S
 
     Each class has its own colour (``colormap.class_color``); labels read "name 97%" on a filled
     background and stay inside the image. Predictions scoring below ``score_thresh`` are skipped.
-    Ground truth, when given, is drawn first as dashed white boxes without labels. With nothing to
+    Ground truth, when given, is drawn first as dashed white boxes, named on a white label when
+    ``gt_classes`` is given (a matching prediction's label covers it). With nothing to
     draw the result is an unmodified copy. Example::
 
         out = draw_instances(cv2.imread("a.jpg"), [[10, 20, 50, 60]], [0.97], [0], ["cat"])
@@ -201,7 +204,13 @@ def draw_instances(image_bgr: np.ndarray, boxes, scores, classes, class_names: S
                          f"{None if scores is None else len(scores)} scores; they must have equal lengths")
     if gt_boxes is not None:
         gt_boxes = _as_numpy(gt_boxes, "gt_boxes", np.float64)
-        _draw_boxes(img, gt_boxes, [GT_COLOR] * len(gt_boxes), [None] * len(gt_boxes), style, dashed=True)
+        gt_labels = [None] * len(gt_boxes)
+        if gt_classes is not None:
+            gt_classes = _as_numpy(gt_classes, "gt_classes", np.int64)
+            if len(gt_classes) != len(gt_boxes):
+                raise ValueError(f"draw_instances: {len(gt_boxes)} gt_boxes but {len(gt_classes)} gt_classes")
+            gt_labels = [_label_text(int(c), class_names, None) for c in gt_classes]
+        _draw_boxes(img, gt_boxes, [GT_COLOR] * len(gt_boxes), gt_labels, style, dashed=True)
     if scores is not None:
         keep = scores >= score_thresh
         # Lowest score first, so the most confident box and label end up on top.
@@ -212,7 +221,8 @@ def draw_instances(image_bgr: np.ndarray, boxes, scores, classes, class_names: S
     return _draw_boxes(img, boxes, [class_color(int(c)) for c in classes], labels, style)
 
 
-def draw_dataset_dict(image: np.ndarray | None, dataset_dict: dict, class_names: Sequence[str] | None) -> np.ndarray:
+def draw_dataset_dict(image: np.ndarray | None, dataset_dict: dict,
+                      class_names: Sequence[str] | None) -> np.ndarray:
     """Draw a dataset dict's ground truth (solid class-coloured boxes named by class; crowd dashed).
 
     ``image`` None reads ``dataset_dict["file_name"]``.
@@ -224,7 +234,8 @@ def draw_dataset_dict(image: np.ndarray | None, dataset_dict: dict, class_names:
         sel = [a for a in anns if bool(a.get("iscrowd", 0)) == crowd]
         if not sel:
             continue
-        boxes = _as_numpy([a["bbox"] for a in sel], f"{dataset_dict.get('file_name')}: annotation boxes", np.float64)
+        boxes = _as_numpy([a["bbox"] for a in sel], f"{dataset_dict.get('file_name')}: annotation boxes",
+                          np.float64)
         cls = [int(a["category_id"]) for a in sel]
         _draw_boxes(img, boxes, [class_color(c) for c in cls],
                     [_label_text(c, class_names, None) for c in cls], style, dashed=crowd)
@@ -267,7 +278,8 @@ def list_images(path: str) -> list[str]:
         raise FileNotFoundError(f"--input {path!r}: no such file or folder")
     files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
-        raise ValueError(f"--input {path!r}: folder has no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
+        raise ValueError(f"--input {path!r}: folder has no images with extensions "
+                         f"{', '.join(IMAGE_EXTENSIONS)}")
     return files
 
 
@@ -321,10 +333,12 @@ def visualize_images(predictor, inputs: Iterable, output_dir: str, class_names: 
         path = item["file_name"] if isinstance(item, dict) else item
         img = read_image(path)
         boxes, scores, classes = _instances_numpy(predictor(img))
-        gt_boxes = None
+        gt_boxes = gt_classes = None
         if show_gt and not side_by_side_gt:
-            gt_boxes = [a["bbox"] for a in item.get("annotations", [])]
-        vis = draw_instances(img, boxes, scores, classes, class_names, score_thresh, gt_boxes=gt_boxes)
+            anns = item.get("annotations", [])
+            gt_boxes, gt_classes = [a["bbox"] for a in anns], [a["category_id"] for a in anns]
+        vis = draw_instances(img, boxes, scores, classes, class_names, score_thresh,
+                             gt_boxes=gt_boxes, gt_classes=gt_classes)
         if side_by_side_gt:
             vis = side_by_side(vis, draw_dataset_dict(img, item, class_names))
         out = _output_path(output_dir, path, used)
