@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # Bump when the drawing changes, so a stale generated set is noticed (it is logged, not redrawn).
 SHAPES_VERSION = 1
 SHAPES_CLASSES = SHAPE_KINDS[:5]
+# What the catalog generates on first use of shapes_train / shapes_val.
+SHAPES_DEFAULTS = {"num_train": 600, "num_val": 100, "seed": 0}
 _SPLIT_IDS = {"train": 0, "val": 1}
 
 
@@ -102,7 +104,7 @@ def ensure_shapes_dataset(dirname: str, **kwargs) -> str:
     """Generate the shapes set in ``dirname`` unless it is there; warn when it is from another version."""
     ann = os.path.join(dirname, "annotations", "instances_val.json")
     if not os.path.isfile(ann):
-        return generate_shapes_dataset(dirname, **kwargs)
+        return generate_shapes_dataset(dirname, **{**SHAPES_DEFAULTS, **kwargs})
     with open(ann, encoding="utf-8") as f:
         version = json.load(f).get("info", {}).get("version")
     if version != SHAPES_VERSION:
