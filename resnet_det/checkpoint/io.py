@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
+import uuid
 from typing import Callable
 
 import numpy as np
@@ -172,8 +172,8 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
+    # A fresh name the writer creates itself, so the file gets the usual (umask) permissions.
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -248,3 +248,15 @@ def detect_convention(sd: dict) -> str:
                          f"(first keys: {sample}); expected names like 'layer1.0.conv1.weight' "
                          "(torchvision), 'res2.0.conv1.weight' (detectron2) or 'res2_0_branch2a_w' (MSRA)")
     return best
+
+
+def block_structure(sd: dict, convention: str) -> tuple[str, tuple[int, ...]]:
+    """("basic"|"bottleneck", blocks in conv2_x..conv5_x) read off the names, to compare with Table 1."""
+    blocks: dict[int, set[int]] = {s: set() for s in range(2, 6)}
+    third_conv = False
+    for key in sd:
+        parsed = parse_key(key, convention)
+        if parsed and "stage" in parsed[1]:
+            blocks[parsed[1]["stage"]].add(parsed[1]["block"])
+            third_conv |= parsed[1].get("k") == 3  # only bottlenecks have conv3 (Fig. 5)
+    return ("bottleneck" if third_conv else "basic"), tuple(len(blocks[s]) for s in range(2, 6))

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Convert ResNet weights between torchvision/resnet_det, detectron2 and MSRA/Caffe2 names.
+
+    python tools/convert_weights.py --input R-50.pkl --output r50_msra.pth --to resnet_det
+    python tools/convert_weights.py --input resnet50-0676ba61.pth --output R-50-tv.pkl --to detectron2
+    python tools/convert_weights.py --input r50.pth --output r50_c4.pkl --to detectron2 --detector C4 --plugin
+
+Targets: resnet_det ({"model": torchvision names, "meta": ...}, torch.save), torchvision (a bare
+state dict), detectron2 (its pickle: {"model", "__author__", "matching_heuristics"}) and msra
+({"blobs": ...} pickle, BN folded into scale/bias). --detector places the weights at a whole
+detector's names (C4: res5 into the box head); --plugin targets resnet_det's detectron2 backbones.
+Every tensor is accounted for in the printed report; the output is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from resnet_det.checkpoint import (atomic_write, block_structure, convert_state_dict,  # noqa: E402
+                                   default_meta, detect_convention, detect_layout, join_detector,
+                                   read_checkpoint, save_detectron2_pkl, save_resnet_det,
+                                   split_detector)
+from resnet_det.modeling.backbone.resnet import ARCHS  # noqa: E402
+
+TARGETS = ("resnet_det", "torchvision", "detectron2", "msra")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help=".pth/.pt or .pkl weights")
+    p.add_argument("--output", required=True, help="file to write (.pkl for detectron2 and msra)")
+    p.add_argument("--to", required=True, choices=TARGETS)
+    p.add_argument("--from", dest="src", default="auto", choices=("auto",) + TARGETS,
+                   help="naming of the input (auto: detected from its keys)")
+    p.add_argument("--depth", type=int, choices=sorted(ARCHS),
+                   help="check the weights have Table 1's blocks for this depth")
+    p.add_argument("--detector", choices=("C4", "FPN"),
+                   help="write a whole detector's names (C4: res5 in the box head) instead of a backbone's")
+    p.add_argument("--plugin", action="store_true",
+                   help="with --to detectron2 --detector: names of resnet_det's detectron2 backbones")
+    p.add_argument("--strict", action="store_true", help="fail (exit 2) when any input key is unmatched")
+    p.add_argument("--trusted", action="store_true",
+                   help="allow arbitrary pickled objects in the input (only for files you trust)")
+    return p.parse_args(argv)
+
+
+def check_depth(sd: dict, convention: str, depth: int) -> None:
+    found = block_structure(sd, convention)
+    if found != ARCHS[depth]:
+        raise SystemExit(f"--depth {depth}: Table 1 has {ARCHS[depth][0]} blocks {ARCHS[depth][1]}, "
+                         f"but the weights have {found[0]} blocks {found[1]} in conv2_x..conv5_x")
+
+
+def target_layout(args) -> str | None:
+    if args.detector is None:
+        if args.plugin:
+            raise SystemExit("--plugin needs --detector C4 or FPN (the plugin's names are a detector's)")
+        return None
+    if args.to == "msra":
+        raise SystemExit("--detector: MSRA/Caffe2 files hold ImageNet backbones only; pick another --to")
+    if args.plugin and args.to != "detectron2":
+        raise SystemExit("--plugin is for --to detectron2 (resnet_det's detectron2 backbones)")
+    framework = "d2plugin" if args.plugin else ("detectron2" if args.to == "detectron2" else "resnet_det")
+    return f"{framework}-{args.detector}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.to in ("detectron2", "msra") and not args.output.endswith(".pkl"):
+        raise SystemExit(f"--output {args.output}: --to {args.to} writes a pickle; name it *.pkl "
+                         "(detectron2 picks its reader by that extension)")
+    layout = target_layout(args)
+    sd, meta = read_checkpoint(args.input, trusted=args.trusted)
+    rest = {}
+    in_layout = detect_layout(sd)
+    if in_layout is not None:
+        sd, rest = split_detector(sd, in_layout)
+        print(f"input is a whole detector ({in_layout}): converting its {len(sd)} backbone tensors")
+    src = detect_convention(sd) if args.src == "auto" else args.src.replace("resnet_det", "torchvision")
+    if meta is None:
+        meta = default_meta(src)
+        print(f"input has no meta record; assuming {src}'s: {meta}")
+    dst = "torchvision" if args.to == "resnet_det" else args.to
+    if layout is None:
+        out, report = convert_state_dict(sd, src, dst, log=False)
+    else:
+        out, report = join_detector(sd, src, layout)
+    report.unmatched += list(rest)
+    if args.depth:
+        tv_names, _ = convert_state_dict(sd, src, "torchvision", log=False)
+        check_depth(tv_names, "torchvision", args.depth)
+    print(report.summary())
+    if args.strict and report.unmatched:
+        print(f"--strict: {len(report.unmatched)} unmatched keys; nothing written", file=sys.stderr)
+        return 2
+
+    if args.to == "resnet_det":
+        save_resnet_det(args.output, out, meta)
+    elif args.to == "torchvision":
+        import torch
+
+        atomic_write(args.output, lambda tmp: torch.save(out, tmp))
+    elif args.to == "detectron2":
+        save_detectron2_pkl(args.output, out, meta)
+    else:  # Caffe2's layout, as MSRA's R-50.pkl; detectron2 reads it with its Caffe2 name heuristics
+        record = {"blobs": {k: v.numpy() for k, v in out.items()}, "meta": meta}
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                pickle.dump(record, f, protocol=4)
+
+        atomic_write(args.output, write)
+    print(f"wrote {args.output} ({args.to}{', ' + layout if layout else ''}); meta: {meta}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
