@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO

@@ -21,7 +21,6 @@ import math
 from collections import defaultdict
 
 import numpy as np
-import torch
 
 from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main
 
