@@ -6,7 +6,7 @@ from .catalog import (DatasetCatalog, DatasetNotFoundError, Metadata, MetadataCa
 from .coco import convert_to_coco_json, dataset_dicts_to_coco, load_coco_json
 from .demo import generate_shapes_dataset, make_classification_set, make_localization_set
 from .samplers import InferenceSampler, TrainingSampler
-from .transforms import BadImageError, DatasetMapper, read_image
+from .transforms import BadImageError, DatasetMapper, read_image, read_skipped_images
 from .voc import VOC_CLASSES, load_voc_instances
 
 register_all_builtins()
@@ -14,7 +14,7 @@ register_all_builtins()
 __all__ = [
     "DatasetCatalog", "MetadataCatalog", "Metadata", "DatasetNotFoundError", "datasets_root",
     "register_coco_instances", "register_pascal_voc", "register_all_builtins",
-    "DatasetMapper", "BadImageError", "read_image",
+    "DatasetMapper", "BadImageError", "read_image", "read_skipped_images",
     "build_detection_train_loader", "build_detection_test_loader", "get_detection_dataset_dicts",
     "TrainingSampler", "InferenceSampler",
     "load_coco_json", "dataset_dicts_to_coco", "convert_to_coco_json", "load_voc_instances", "VOC_CLASSES",
