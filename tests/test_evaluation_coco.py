@@ -142,6 +142,17 @@ def test_unknown_image_ids_dropped_with_warning(tmp_path, caplog):
     assert res == pytest.approx(base, nan_ok=True)
 
 
+def test_image_processed_twice_counts_once(tmp_path, caplog):
+    gt_file = write_gt(tmp_path / "gt.json")
+    base = run(gt_file, perfect(2))
+    ev = COCOEvaluator(gt_file)
+    ev.process(*batch(perfect(2)))
+    ev.process(*batch({1: perfect(2)[1]}))  # image 1 again: its detections would double as FPs
+    with caplog.at_level(logging.WARNING):
+        assert ev.evaluate()["bbox"] == pytest.approx(base, nan_ok=True)
+    assert "more than once" in caplog.text
+
+
 def test_only_processed_images_are_evaluated(tmp_path):
     gt_file = write_gt(tmp_path / "gt.json")
     res = run(gt_file, {1: perfect()[1]})  # images 2-4 not seen: their boxes are not misses

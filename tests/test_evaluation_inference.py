@@ -1,6 +1,7 @@
 """inference_on_dataset, DatasetEvaluators, the rank-0 gather (2-process gloo) and build_evaluator."""
 import json
 import logging
+import math
 import uuid
 
 import pytest
@@ -170,3 +171,30 @@ def test_build_evaluator_by_type(register, tmp_path):
     bad = register("lvis")
     with pytest.raises(ValueError, match=rf"{bad}.*evaluator_type='lvis'.*coco, voc, classification"):
         build_evaluator(cfg, bad, str(tmp_path))
+
+
+def test_build_evaluator_from_coco_json(tmp_path):
+    """A json-registered set evaluates against its json, with its original (non-contiguous) ids."""
+    from resnet_det.data import register_coco_instances
+    from resnet_det.data.catalog import unregister
+
+    cats = [{"id": 5, "name": "x"}, {"id": 9, "name": "y"}]  # contiguous 0, 1; y has no ground truth
+    gt = {"images": [{"id": 1, "file_name": "1.jpg", "height": 50, "width": 50}], "categories": cats,
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [5, 5, 20, 10], "area": 200,
+                           "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "images").mkdir()
+    name = f"_test_eval_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path / "images"))
+    try:
+        ev = build_evaluator(None, name, str(tmp_path / "out"))
+        ev.process([{"image_id": 1}], [{"instances": {"boxes": torch.tensor([[5., 5, 25, 15]]),
+                                                      "scores": torch.tensor([0.9]),
+                                                      "pred_classes": torch.tensor([0])}}])
+        res = ev.evaluate()["bbox"]
+    finally:
+        unregister(name)
+    assert res["AP"] == pytest.approx(100.0) and res["AP-x"] == pytest.approx(100.0)
+    assert math.isnan(res["AP-y"])
+    written = json.loads((tmp_path / "out" / "inference" / "coco_instances_results.json").read_text())
+    assert [(r["category_id"], r["bbox"]) for r in written] == [(5, [5.0, 5.0, 20.0, 10.0])]

@@ -17,7 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main
+from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main, unique_images
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class COCOEvaluator(DatasetEvaluator):
     an area range without ground truth gives NaN (pycocotools' -1). Only the images this evaluator saw
     in ``process()`` are evaluated, so evaluating a subset of the data does not count the rest as misses.
     Results whose ``image_id`` is not in the ground truth (pycocotools would assert) are dropped with a
-    warning that names the ids. With zero detections, pycocotools' own evaluation of an empty result
+    warning that names the ids; an image processed twice (a padding sampler) counts once. With zero detections, pycocotools' own evaluation of an empty result
     set is returned (AP 0 where ground truth exists) with a warning.
     """
 
@@ -151,6 +151,10 @@ class COCOEvaluator(DatasetEvaluator):
 
         meta = MetadataCatalog.get(dataset_name)
         json_file = meta.get("json_file")
+        if json_file and not os.path.isfile(json_file):
+            # Some sets write their json on first load (the generated shapes set); a missing data set
+            # raises the catalog's error, which says what was expected where.
+            DatasetCatalog.get(dataset_name)
         if json_file:
             return cls(json_file, meta.get("thing_classes"), meta.get("thing_dataset_id_to_contiguous_id"),
                        output_dir=output_dir, **kwargs)
@@ -175,6 +179,7 @@ class COCOEvaluator(DatasetEvaluator):
         if not predictions:
             logger.warning("COCOEvaluator: process() saw no images; nothing to evaluate")
             return {}
+        predictions = unique_images(predictions, lambda p: p["image_id"], "COCOEvaluator")
         results = [r for p in predictions for r in p["instances"]]
         img_ids = {p["image_id"] for p in predictions}
         known = set(self._coco.getImgIds())

@@ -53,6 +53,26 @@ def gather_to_main(items: list) -> list | None:
     return [x for part in gathered for x in part]
 
 
+def unique_images(records: list, image_id, who: str) -> list:
+    """``records`` with one entry per image id (the first), warning about the repeats.
+
+    A sampler that pads shards to equal length (torch's DistributedSampler) feeds some images twice;
+    evaluating both copies would count their detections twice (extra false positives).
+    """
+    seen, out, dup = set(), [], 0
+    for r in records:
+        key = image_id(r)
+        if key is not None and key in seen:
+            dup += 1
+            continue
+        seen.add(key)
+        out.append(r)
+    if dup:
+        logger.warning("%s: %d image(s) were processed more than once (a padding sampler?); keeping the first "
+                       "copy of each", who, dup)
+    return out
+
+
 def data_catalogs():
     """(DatasetCatalog, MetadataCatalog), imported lazily: resnet_det.data may import this package."""
     try:

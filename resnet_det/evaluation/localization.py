@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import torch
 from torchvision.ops import box_iou
 
-from .evaluator import DatasetEvaluator, format_table, gather_to_main
+from .evaluator import DatasetEvaluator, format_table, gather_to_main, unique_images
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class LocalizationEvaluator(DatasetEvaluator):
         if not records:
             logger.warning("LocalizationEvaluator: process() saw no images; nothing to evaluate")
             return {}
+        records = unique_images(records, lambda r: r["image_id"], "LocalizationEvaluator")
         for r in records:
             if not r["gt"]:
                 raise ValueError(f"image {r['image_id']}: no ground-truth box; localization needs one per image")

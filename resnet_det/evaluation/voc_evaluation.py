@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main
+from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main, unique_images
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,10 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
         preds = gather_to_main(self._predictions) if self._distributed else self._predictions
         if preds is None:
             return {}
+        if not preds:
+            logger.warning("VOC evaluator: process() saw no images; nothing to evaluate")
+            return {}
+        preds = unique_images(preds, lambda p: p[0], "VOC evaluator")
         seen = {img for img, _ in preds}
         stray = sorted(seen - self._image_ids)
         if stray:
