@@ -194,6 +194,8 @@ def inference_on_dataset(model: torch.nn.Module, data_loader: Iterable,
     are left out of the per-image timing (allocator and cuDNN warm-up would inflate it).
     In a distributed run every rank calls this on its shard; results come back on rank 0, ``{}`` elsewhere.
     """
+    if log_every < 1:
+        raise ValueError(f"inference_on_dataset: log_every={log_every}; expected a positive number of images")
     if evaluator is None:
         evaluator = DatasetEvaluators([])
     elif not isinstance(evaluator, DatasetEvaluator):

@@ -54,6 +54,7 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
     """
     rec, prec = np.asarray(rec, dtype=np.float64), np.asarray(prec, dtype=np.float64)
     if use_07_metric:
+        # t = i * 0.1 in floating point, as the devkit's 0:0.1:1 (so 3/10 < t = 0.30000000000000004 there too).
         return float(sum((prec[rec >= t].max() if np.any(rec >= t) else 0.0) for t in np.linspace(0, 1, 11)) / 11)
     mrec = np.concatenate(([0.0], rec, [1.0]))
     mpre = np.concatenate(([0.0], prec, [0.0]))
