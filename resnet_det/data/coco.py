@@ -171,7 +171,7 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     # pycocotools indexes the checked records (imgToAnns, cats); it never sees a malformed one.
     coco = COCO()
     coco.dataset = {"images": images, "annotations": anns, "categories": cats}
-    coco.createIndex() if logger.isEnabledFor(logging.DEBUG) else _quiet(coco.createIndex)
+    _quiet(coco.createIndex)
 
     id_map = {int(c["id"]): i for i, c in enumerate(cats)}
     dicts = []
