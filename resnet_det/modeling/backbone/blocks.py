@@ -152,7 +152,7 @@ def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):  # _BatchNorm: SyncBN too
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     if zero_init_residual:
@@ -160,5 +160,5 @@ def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
         for m in model.modules():
             if isinstance(m, _Block) and not m.plain:
                 norm = m.last_norm()
-                if isinstance(norm, (nn.BatchNorm2d, nn.GroupNorm)):
+                if isinstance(norm, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
                     nn.init.zeros_(norm.weight)
