@@ -1,0 +1,260 @@
+"""The training loop (detectron2's DefaultTrainer shape): override the build_* classmethods to
+train something else (tools/pretrain_net.py trains classifiers with the same loop)."""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from ..utils import comm
+from ..utils.events import MetricsWriter, ProgressPrinter
+from .checkpoint import Checkpointer, load_model_weights
+from .solver import build_lr_scheduler, build_optimizer
+
+logger = logging.getLogger("resnet_det.train")
+
+
+def resolve_device(cfg) -> torch.device:
+    if cfg.MODEL.DEVICE != "auto":
+        return torch.device(cfg.MODEL.DEVICE)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def flatten_results(results: dict, prefix: str = "") -> dict:
+    """{"bbox": {"AP": 1}} -> {"bbox/AP": 1}."""
+    flat = {}
+    for k, v in results.items():
+        if isinstance(v, dict):
+            flat.update(flatten_results(v, f"{prefix}{k}/"))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def higher_is_better(metric: str) -> bool:
+    return not any(s in metric.lower() for s in ("err", "loss"))
+
+
+class Trainer:
+    """Builds model, optimizer, schedule and data from the config; trains with checkpoints, logs,
+    periodic evaluation, best-model keeping and clean interruption."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        model = self.build_model(cfg).to(self.device)
+        if cfg.MODEL.CHANNELS_LAST:
+            model = model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        if comm.get_world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+        self.model = model
+        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, meta=self.weights_meta(cfg),
+                                         optimizer=self.optimizer, scheduler=self.scheduler)
+        self.start_iter, self.max_iter = 0, cfg.SOLVER.MAX_ITER
+        self.best: float | None = None
+        self.nonfinite_skipped = 0
+        self._stop = threading.Event()
+        amp = cfg.SOLVER.AMP
+        self.amp_dtype = getattr(torch, amp.DTYPE) if amp.ENABLED and self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    # ---- what to train: override these -------------------------------------------------------
+    @classmethod
+    def build_model(cls, cfg) -> nn.Module:
+        from ..modeling.detector import build_model
+
+        return build_model(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        from ..data import build_detection_train_loader
+
+        return build_detection_train_loader(cfg, start_iter=start_iter)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        from ..data import build_detection_test_loader
+
+        return build_detection_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str):
+        import os
+
+        from ..evaluation import build_evaluator
+
+        return build_evaluator(cfg, dataset_name, os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
+
+    @staticmethod
+    def weights_meta(cfg) -> dict:
+        """The input conventions recorded in every checkpoint (see engine.checkpoint)."""
+        return {"input_format": cfg.INPUT.FORMAT, "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+                "pixel_std": list(cfg.MODEL.PIXEL_STD), "stride_in_1x1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
+                "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det"}
+
+    # ---- state ---------------------------------------------------------------------------------
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With `resume`, continue from the newest valid checkpoint in OUTPUT_DIR if any;
+        otherwise initialise from MODEL.WEIGHTS (if set)."""
+        state = self.checkpointer.resume() if resume else None
+        if state is not None:
+            self.start_iter = state["iteration"] + 1
+            self.best = state.get("best")
+            self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        elif self.cfg.MODEL.WEIGHTS:
+            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
+
+    def save(self, name: str, iteration: int) -> None:
+        if comm.is_main_process():
+            self.checkpointer.save(name, iteration=iteration, best=self.best,
+                                   nonfinite_skipped=self.nonfinite_skipped)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg = self.cfg
+        writer = MetricsWriter(cfg.OUTPUT_DIR) if comm.is_main_process() else None
+        printer = ProgressPrinter(self.max_iter, self.start_iter)
+        restore = self._install_signal_handlers()
+        logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
+        results: dict = {}
+        data = iter(self.build_train_loader(cfg, start_iter=self.start_iter))
+        window: dict[str, list[float]] = defaultdict(list)
+        self.model.train()
+        try:
+            it = self.start_iter - 1
+            for it in range(self.start_iter, self.max_iter):
+                self.run_step(it, data, window)
+                last = it == self.max_iter - 1
+                if writer and ((it + 1) % cfg.LOG_PERIOD == 0 or last or self._stop.is_set()):
+                    metrics = {k: sum(v) / len(v) for k, v in window.items()}
+                    metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+                    metrics["nonfinite_skipped"] = self.nonfinite_skipped
+                    writer.write(it, metrics)
+                    printer.log(it, metrics)
+                    window.clear()
+                if self._stop.is_set():
+                    self.save(f"model_{it:07d}", it)
+                    logger.warning("Interrupted at iteration %d: checkpoint written; continue with --resume", it)
+                    return results
+                if (it + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last:
+                    self.save(f"model_{it:07d}", it)
+                if cfg.TEST.EVAL_PERIOD > 0 and (it + 1) % cfg.TEST.EVAL_PERIOD == 0 and not last:
+                    results = self.evaluate_and_track(it, writer)
+            if self.max_iter > self.start_iter:
+                self.save("model_final", self.max_iter - 1)
+            if cfg.DATASETS.TEST:
+                results = self.evaluate_and_track(self.max_iter - 1, writer)
+        finally:
+            restore()
+            if writer:
+                writer.close()
+        return results
+
+    def run_step(self, it: int, data, window: dict) -> None:
+        t0 = time.perf_counter()
+        batch = next(data)
+        data_time = time.perf_counter() - t0
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            losses = self.model(batch)
+        total = sum(losses.values())
+        values = {k: v.detach() for k, v in losses.items()}
+        if not torch.isfinite(total):
+            self._nonfinite(it, batch, "loss", {k: float(v) for k, v in values.items()})
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        clip = self.cfg.SOLVER.CLIP_GRADIENTS
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        if not torch.isfinite(grad_norm) and self.scaler is None:
+            self._nonfinite(it, batch, "gradient", {"grad_norm": float(grad_norm)})
+            return
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        for k, v in values.items():
+            window[k].append(float(v))
+        window["total_loss"].append(float(total))
+        window["grad_norm"].append(float(grad_norm))
+        window["time"].append(time.perf_counter() - t0)
+        window["data_time"].append(data_time)
+
+    def _nonfinite(self, it: int, batch, what: str, values: dict) -> None:
+        ids = [d.get("image_id") for d in batch] if isinstance(batch, list) else "n/a"
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        msg = (f"non-finite {what} at iteration {it}: {bad} (all: {values}); image ids in the batch: "
+               f"{ids}. Lower SOLVER.BASE_LR, set SOLVER.CLIP_GRADIENTS, check these images' "
+               "annotations, or set SOLVER.ON_NONFINITE skip to skip such steps.")
+        if self.cfg.SOLVER.ON_NONFINITE == "stop":
+            raise FloatingPointError(msg)
+        self.nonfinite_skipped += 1
+        logger.warning("Skipping step: %s", msg)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _install_signal_handlers(self):
+        """SIGTERM/SIGINT finish the current step, write a checkpoint and return cleanly."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum, frame):
+            logger.warning("Received %s: stopping after this iteration", signal.Signals(signum).name)
+            self._stop.set()
+
+        for s in previous:
+            signal.signal(s, handler)
+        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    @classmethod
+    def test(cls, cfg, model) -> dict:
+        from ..evaluation import inference_on_dataset
+
+        results = {}
+        for name in cfg.DATASETS.TEST:
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = cls.build_evaluator(cfg, name)
+            results[name] = inference_on_dataset(model, loader, evaluator)
+        if len(results) == 1:
+            results = next(iter(results.values()))
+        return results
+
+    def evaluate_and_track(self, it: int, writer) -> dict:
+        results = self.test(self.cfg, self.model)
+        self.model.train()
+        if not comm.is_main_process():
+            return results
+        flat = flatten_results(results)
+        if writer:
+            writer.write(it, flat)
+        key = self.cfg.TEST.BEST_METRIC
+        if key in flat and isinstance(flat[key], (int, float)) and math.isfinite(flat[key]):
+            value = flat[key]
+            better = self.best is None or (value > self.best if higher_is_better(key) else value < self.best)
+            if better:
+                self.best = value
+                self.save("model_best", it)
+                logger.info("New best %s = %.3f at iteration %d (model_best.pth)", key, value, it)
+        elif flat:
+            logger.warning("TEST.BEST_METRIC %r not among the results %s", key, sorted(flat))
+        return results
