@@ -3,6 +3,7 @@ exact resume at an iteration, aspect grouping, rank sharding, and catalog error 
 import itertools
 import json
 import os
+import pickle
 
 import cv2
 import numpy as np
@@ -247,5 +248,7 @@ def test_metadata_refuses_silent_change():
             meta.set(thing_classes=["b"])
         with pytest.raises(AttributeError, match="has no 'json_file'"):
             meta.json_file
+        clone = pickle.loads(pickle.dumps(meta))  # e.g. sent to spawned DDP workers
+        assert clone.thing_classes == ["a"] and clone.name == "tl_meta"
     finally:
         unregister("tl_meta")

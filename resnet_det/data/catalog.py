@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from .voc import VOC_CLASSES, load_voc_instances
+
 # The data sets root; every built-in path is relative to it (see datasets/README.md).
 ENV_DATASETS_ROOT = "RESNET_DET_DATASETS"
 README_HINT = "See datasets/README.md for the expected layouts and how to register your own data."
@@ -91,8 +93,10 @@ class Metadata:
         object.__setattr__(self, "name", name)
 
     def __getattr__(self, key: str) -> Any:
-        # Only called for missing attributes.
-        raise AttributeError(f"metadata of data set {self.name!r} has no {key!r}; "
+        # Only called for missing attributes; dunders (copy/pickle probes) must not recurse on name.
+        if key.startswith("__"):
+            raise AttributeError(key)
+        raise AttributeError(f"metadata of data set {self.__dict__.get('name')!r} has no {key!r}; "
                              f"it has: {', '.join(sorted(self.as_dict())) or '(nothing)'}")
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -185,11 +189,9 @@ def register_coco_instances(name: str, metadata: dict, json_file: str, image_roo
                                   **metadata)
 
 
-def register_pascal_voc(name: str, dirname: str, split: str, year: int, class_names=None) -> None:
+def register_pascal_voc(name: str, dirname: str, split: str, year: int, class_names=VOC_CLASSES) -> None:
     """Register a PASCAL VOC split (evaluator_type "voc"); ``class_names`` default: the 20 VOC classes."""
-    from .voc import VOC_CLASSES, load_voc_instances
-
-    class_names = list(VOC_CLASSES if class_names is None else class_names)
+    class_names = list(class_names)
     dirname = os.fspath(dirname)
 
     def load():
