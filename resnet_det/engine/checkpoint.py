@@ -47,15 +47,21 @@ def atomic_write_text(text: str, path: str) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and CUDA) generator states, as tensors and plain values only so that
+    checkpoints load with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                    has_gauss, cached), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -103,7 +109,7 @@ class Checkpointer:
         """Load the newest readable checkpoint (skipping corrupt ones with a warning); None if none."""
         for path in self.candidates():
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                state = torch.load(path, map_location="cpu", weights_only=True)
                 if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
                     raise ValueError("not a resnet_det training checkpoint (no model/iteration)")
             except Exception as e:  # truncated file, wrong format, ...
@@ -125,21 +131,12 @@ class Checkpointer:
 # MODEL.WEIGHTS: detector checkpoints, resnet_det/torchvision classification weights, .pkl files
 # --------------------------------------------------------------------------------------------
 def read_weights(path: str) -> tuple[dict, dict]:
-    """(state_dict of tensors, meta) from a .pth/.pkl file; a clear error when it is missing."""
+    """(state_dict of tensors, meta) from a .pth/.pkl file; a one-paragraph error when missing."""
     if not path:
         raise ValueError("MODEL.WEIGHTS is empty")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"MODEL.WEIGHTS file {path!r} does not exist. Accepted: a resnet_det checkpoint "
-            "(model_*.pth from tools/train_net.py or tools/pretrain_net.py), a torchvision ImageNet "
-            "state_dict (e.g. resnet101-63fe2227.pth, downloaded where the internet is reachable "
-            "with torchvision.models.resnet101(weights='IMAGENET1K_V1')), or detectron2/MSRA .pkl "
-            "weights. tools/convert_weights.py converts between these naming schemes. Set "
-            "MODEL.WEIGHTS \"\" to train from random initialisation.")
-    from ..checkpoint.io import load_checkpoint_file  # reads .pth and .pkl, unwraps {"model": ...}
+    from ..checkpoint.io import read_checkpoint  # .pth and .pkl, unwraps {"model": ...}, names formats
 
-    sd, meta = load_checkpoint_file(path)
-    sd = {k: torch.as_tensor(v) for k, v in sd.items()}
+    sd, meta = read_checkpoint(path)
     for prefix in _WRAPPER_PREFIXES:
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -151,7 +148,7 @@ def weights_meta(path: str) -> dict:
     sd, meta = read_weights(path)
     if meta:
         return meta
-    from ..checkpoint.io import default_meta, detect_convention
+    from ..checkpoint import default_meta, detect_convention
 
     return default_meta(detect_convention(sd))
 
@@ -188,11 +185,10 @@ def _differs(a, b) -> bool:
 def classification_to_detector_names(sd: dict, model_keys: set[str]) -> tuple[dict, list[str]]:
     """Map torchvision-named classification weights onto the detector: stem..res4 (and res5 for
     FPN) into `backbone.body.*`; for C4, `layer4.*` into the res5 box head; `fc.*` is dropped."""
-    from ..checkpoint.io import detect_convention
-    from ..checkpoint.key_map import convert_state_dict
+    from ..checkpoint import convert_state_dict, detect_convention
 
     convention = detect_convention(sd)
-    if convention not in ("torchvision", "resnet_det"):
+    if convention != "torchvision":
         sd, _ = convert_state_dict(sd, convention, "torchvision")
     mapped, dropped = {}, []
     for k, v in sd.items():
@@ -223,7 +219,8 @@ def load_model_weights(model: nn.Module, path: str) -> dict:
     new_state = dict(target)
     for k, v in sd.items():
         if k not in target:
-            unused.append(k)
+            if not k.endswith("num_batches_tracked"):  # BN's counter; FrozenBN has none
+                unused.append(k)
         elif tuple(v.shape) != tuple(target[k].shape):
             reinit.append(f"{k} {tuple(v.shape)} -> {tuple(target[k].shape)}")
         else:
