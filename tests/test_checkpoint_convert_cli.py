@@ -63,7 +63,7 @@ def test_torchvision_to_detectron2_to_msra_to_resnet_det(tmp_path, net):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r18.pth"]  # written atomically
 
 
-def test_detector_layout_for_the_detectron2_plugin(tmp_path, net):
+def test_detector_layout_for_the_detectron2_plugin(tmp_path, net, capsys):
     torch.save({"model": net.state_dict()}, tmp_path / "r18.pth")
     proc = convert("--input", tmp_path / "r18.pth", "--output", tmp_path / "c4.pkl", "--to", "detectron2",
                    "--detector", "C4", "--plugin")
@@ -73,8 +73,9 @@ def test_detector_layout_for_the_detectron2_plugin(tmp_path, net):
     assert "backbone.body.layer3.1.bn2.weight" in model and "roi_heads.res5.1.conv2.norm.weight" in model
     assert not any(k.startswith("backbone.body.layer4") for k in model)
     # And back: a whole-detector file gives its backbone, res5 included.
-    proc = convert("--input", tmp_path / "c4.pkl", "--output", tmp_path / "back.pth", "--to", "torchvision")
-    assert "input is a whole detector (d2plugin-C4)" in proc.stdout
+    code, out, _ = run_in_process(capsys, "--input", tmp_path / "c4.pkl", "--output", tmp_path / "back.pth",
+                                  "--to", "torchvision")
+    assert code == 0 and "input is a whole detector (d2plugin-C4)" in out
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     ref = net.state_dict()
     assert set(back) == set(ref) - {"fc.weight", "fc.bias"}

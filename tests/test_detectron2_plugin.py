@@ -93,7 +93,8 @@ def test_shipped_configs_describe_our_backbones(name, depth, arch):
     loaded = load_d2_yaml(name)
     m = loaded["MODEL"]
     assert m["RESNETS"]["DEPTH"] == depth
-    assert m["BACKBONE"]["NAME"] == {"C4": "build_resnet_det_backbone", "FPN": "build_resnet_det_fpn_backbone"}[arch]
+    builders = {"C4": "build_resnet_det_backbone", "FPN": "build_resnet_det_fpn_backbone"}
+    assert m["BACKBONE"]["NAME"] == builders[arch]
     assert m["WEIGHTS"].endswith(f"_d2plugin_{arch}.pkl")  # the layout convert_weights --plugin writes
     # The conversion command quoted in the file matches the config.
     with open(os.path.join(D2_CONFIGS, name)) as f:
@@ -124,7 +125,8 @@ def test_shipped_configs_describe_our_backbones(name, depth, arch):
 def test_voc_config_counts_voc_classes():
     from resnet_det.data.voc import VOC_CLASSES
 
-    assert load_d2_yaml("faster_rcnn_R_50_C4_voc.yaml")["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == len(VOC_CLASSES)
+    voc = load_d2_yaml("faster_rcnn_R_50_C4_voc.yaml")
+    assert voc["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == len(VOC_CLASSES)
 
 
 def test_every_shipped_detectron2_config_is_tested():
@@ -168,7 +170,8 @@ def test_c4_backbone_under_detectron2_res5_roi_heads():
     shape = model.backbone.output_shape()["res4"]
     assert (shape.channels, shape.stride) == (1024, 16)
     with torch.no_grad():
-        out = model([{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8), "height": 64, "width": 96}])
+        image = torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)
+        out = model([{"image": image, "height": 64, "width": 96}])
     assert out[0]["instances"].image_size == (64, 96)
 
 
@@ -207,4 +210,5 @@ def test_converted_weights_load_through_detectron2_checkpointer(tmp_path):
     DetectionCheckpointer(model).load(str(tmp_path / "w.pkl"))
     assert torch.equal(model.backbone.body.layer3[5].conv2.weight, sd["layer3.5.conv2.weight"])
     assert torch.equal(model.roi_heads.res5[2].conv3.weight, sd["layer4.2.conv3.weight"])
-    assert torch.equal(model.roi_heads.res5[0].shortcut.norm.running_var, sd["layer4.0.downsample.1.running_var"])
+    assert torch.equal(model.roi_heads.res5[0].shortcut.norm.running_var,
+                       sd["layer4.0.downsample.1.running_var"])

@@ -151,8 +151,8 @@ def _norm_group(kind: str, fields: dict) -> tuple:
     return (kind,) + tuple(sorted((f, v) for f, v in fields.items() if f != "np"))
 
 
-def convert_state_dict(sd: dict, src: str, dst: str, *, eps: float = BN_EPS,
-                       keep_unmatched: bool = False, log: bool = True) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+def convert_state_dict(sd: dict, src: str, dst: str, *, eps: float = BN_EPS, keep_unmatched: bool = False,
+                       log: bool = True) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Rename `sd` from convention `src` to `dst`; returns (new state dict, report).
 
     Keys the table does not know are listed in `report.unmatched` and logged; they are copied
@@ -161,7 +161,8 @@ def convert_state_dict(sd: dict, src: str, dst: str, *, eps: float = BN_EPS,
 
     Example::
         >>> import torchvision
-        >>> d2, report = convert_state_dict(torchvision.models.resnet18().state_dict(), "torchvision", "detectron2")
+        >>> sd = torchvision.models.resnet18().state_dict()
+        >>> d2, report = convert_state_dict(sd, "torchvision", "detectron2")
         >>> "res2.0.conv1.norm.running_var" in d2, report.unmatched
         (True, [])
     """
@@ -188,7 +189,10 @@ def convert_state_dict(sd: dict, src: str, dst: str, *, eps: float = BN_EPS,
         report.converted[key] = new_key
     for group, params in norms.items():
         kind, fields = group[0], dict(group[1:])
-        name = lambda p: format_key(kind, {**fields, "np": p}, dst)  # noqa: E731
+
+        def name(param: str, kind=kind, fields=fields) -> str:
+            return format_key(kind, {**fields, "np": param}, dst)
+
         if dst == "msra":
             _fold_bn(params, name, eps, out, report)
         else:
@@ -202,7 +206,7 @@ def _fold_bn(params, name, eps, out, report) -> None:
     """BN(x) = w (x - mean) / sqrt(var + eps) + b  ==  s x + b'  with  s = w / sqrt(var + eps),
     b' = b - mean s: the affine-only form Caffe2 stores (computed in float64, stored as given)."""
     if "weight" not in params or "bias" not in params:
-        for p, (k, _) in params.items():
+        for k, _ in params.values():
             report.dropped[k] = "a norm layer without both weight and bias cannot be written as scale/bias"
         return
     (wk, w), (bk, b) = params["weight"], params["bias"]
