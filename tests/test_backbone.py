@@ -62,7 +62,8 @@ def _stage_modules(net: ResNet, k: int) -> list[nn.Module]:
 @pytest.mark.parametrize("freeze_at", [0, 1, 2, 3, 5])
 def test_freeze_at(freeze_at):
     net = ResNet(18, num_classes=None, out_features=ALL, freeze_at=freeze_at)
-    frozen, live = _stage_modules(net, freeze_at), _stage_modules(net, 5)[len(_stage_modules(net, freeze_at)):]
+    frozen = _stage_modules(net, freeze_at)
+    live = _stage_modules(net, 5)[len(frozen):]
     for m in frozen:
         assert all(not p.requires_grad for p in m.parameters())
         assert not any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
