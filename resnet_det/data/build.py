@@ -135,9 +135,12 @@ class TrainLoader:
         batcher = _Batcher(self.batch_size, self.grouping)
         prefix, start = _fast_forward(self.dicts, self.sampler, batcher, self.start_iter, self.bad_files)
         stream = _MappedStream(self.dicts, self.mapper, self.sampler, prefix, start)
+        # A private generator: DataLoader draws its worker base seed from it, not from torch's
+        # global RNG, whose state a resumed run restores (the draw would shift it).
+        generator = torch.Generator().manual_seed(self.sampler.seed + self.start_iter)
         loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                             collate_fn=_identity, pin_memory=self.pin_memory,
-                            worker_init_fn=_seed_worker)
+                            worker_init_fn=_seed_worker, generator=generator)
         for _pos, _idx, out in loader:
             if out is None:  # a bad image under ON_BAD_IMAGE=skip; the mapper logged it
                 continue
@@ -217,5 +220,6 @@ def build_detection_test_loader(cfg, dataset_name, mapper=None) -> TestLoader:
     dicts = get_detection_dataset_dicts(dataset_name, filter_empty=False)
     sampler = InferenceSampler(len(dicts))
     loader = DataLoader(_MapDataset(dicts, mapper or DatasetMapper(cfg, is_train=False)), batch_size=1,
-                        sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_identity)
+                        sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_identity,
+                        generator=torch.Generator().manual_seed(0))  # keep the global RNG untouched
     return TestLoader(loader, len(sampler))

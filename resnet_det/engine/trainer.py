@@ -193,7 +193,7 @@ class Trainer:
         self.scheduler.step()
         for k, v in values.items():
             window[k].append(float(v))
-        window["total_loss"].append(float(total))
+        window["total_loss"].append(float(total.detach()))
         window["grad_norm"].append(float(grad_norm))
         window["time"].append(time.perf_counter() - t0)
         window["data_time"].append(data_time)
