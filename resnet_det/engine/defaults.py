@@ -63,8 +63,8 @@ def check_output_dir(output_dir: str) -> None:
             os.fsync(f.fileno())
         os.remove(probe)
     except OSError as e:
-        raise SystemExit(f"OUTPUT_DIR {output_dir!r} is not writable ({e.strerror or e}). Free disk space, fix "
-                         "permissions, or choose another folder with OUTPUT_DIR /path/to/dir.") from None
+        raise UserInputError(f"OUTPUT_DIR {output_dir!r} is not writable ({e.strerror or e}). Free disk space, "
+                             "fix permissions, or choose another folder with OUTPUT_DIR /path/to/dir.") from None
 
 
 def seed_all(seed: int) -> int:
@@ -94,3 +94,28 @@ def default_setup(cfg, args) -> None:
         logger.info("Full config saved to %s", path)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
+
+
+class UserInputError(Exception):
+    """A problem in what the user gave (config, paths); tools print it without a traceback."""
+
+
+def launch_tool(main_func, args) -> None:
+    """Run a tool's `main(args)` through `launch`, turning user errors (bad config keys or values,
+    missing data sets or weights) into one message and exit status 2 instead of a traceback."""
+    from .launch import launch
+
+    try:
+        launch(main_func, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+    except (UserInputError, FileNotFoundError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def setup_cfg_or_exit(args, **kwargs):
+    """setup_cfg, with config mistakes reported as UserInputError (no traceback)."""
+    try:
+        return setup_cfg(args, **kwargs)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise UserInputError(f"config error: {msg}") from None

@@ -152,6 +152,7 @@ class Trainer:
                 if cfg.TEST.EVAL_PERIOD > 0 and (it + 1) % cfg.TEST.EVAL_PERIOD == 0 and not last:
                     results = self.evaluate_and_track(it, writer)
             if self.max_iter > self.start_iter:
+                self.check_ranks_in_sync()
                 self.save("model_final", self.max_iter - 1)
             if cfg.DATASETS.TEST:
                 results = self.evaluate_and_track(self.max_iter - 1, writer)
@@ -197,6 +198,17 @@ class Trainer:
         window["grad_norm"].append(float(grad_norm))
         window["time"].append(time.perf_counter() - t0)
         window["data_time"].append(data_time)
+
+    def check_ranks_in_sync(self) -> None:
+        """In multi-process runs, verify every rank holds the same weights (DDP's promise)."""
+        if comm.get_world_size() == 1:
+            return
+        with torch.no_grad():
+            digest = float(sum(p.double().sum() + p.double().abs().sum() for p in self.model.parameters()))
+        digests = comm.all_gather(digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks diverged: weight digests {digests}")
+        logger.info("All %d ranks hold identical weights (digest %.6f)", len(digests), digest)
 
     def _nonfinite(self, it: int, batch, what: str, values: dict) -> None:
         ids = [d.get("image_id") for d in batch] if isinstance(batch, list) else "n/a"
