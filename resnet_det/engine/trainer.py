@@ -140,6 +140,7 @@ class Trainer:
                     metrics = {k: sum(v) / len(v) for k, v in window.items()}
                     metrics["lr"] = self.optimizer.param_groups[0]["lr"]
                     metrics["nonfinite_skipped"] = self.nonfinite_skipped
+                    metrics["skipped_images"] = self.skipped_images()
                     writer.write(it, metrics)
                     printer.log(it, metrics)
                     window.clear()
@@ -198,6 +199,12 @@ class Trainer:
         window["grad_norm"].append(float(grad_norm))
         window["time"].append(time.perf_counter() - t0)
         window["data_time"].append(data_time)
+
+    def skipped_images(self) -> int:
+        """Bad images skipped so far under DATALOADER.ON_BAD_IMAGE=skip (listed in OUTPUT_DIR)."""
+        from ..data import read_skipped_images
+
+        return len(read_skipped_images(self.cfg.OUTPUT_DIR))
 
     def check_ranks_in_sync(self) -> None:
         """In multi-process runs, verify every rank holds the same weights (DDP's promise)."""
