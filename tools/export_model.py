@@ -23,7 +23,8 @@ from resnet_det.export import (DEFAULT_OPSET, FORMATS, ExportedModel, ExportMism
                                make_export_module, verification_images, verify_exported)
 from resnet_det.utils.visualizer import read_image  # noqa: E402
 
-MISMATCH_EXIT = 1
+MISMATCH_EXIT = 1     # outputs differ from eager PyTorch
+USER_ERROR_EXIT = 2  # bad config, weights, image or option (as argparse)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +50,14 @@ def main(argv=None) -> int:
     if args.verify is None and (args.format is None or args.output is None):
         parser().error("--format and --output are required to export (or give --verify ARTIFACT)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:  # config, weights, image, format mistakes
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def run(args) -> int:
     cfg = setup_cfg(args).clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"  # artifacts are traced on CPU; ONNX files then run on any provider
@@ -72,7 +81,6 @@ def main(argv=None) -> int:
         return MISMATCH_EXIT
     print(f"wrote {path} and {path}.json\n{format_report(meta['verification'])}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

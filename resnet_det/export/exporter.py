@@ -42,6 +42,8 @@ def _quiet_export():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*If indices include negative values.*")
+        # torchvision's postprocess re-wraps traced sizes in torch.tensor(); harmless here.
+        warnings.filterwarnings("ignore", message=".*To copy construct from a tensor.*")
         yield
 
 
@@ -205,8 +207,15 @@ class ExportedModel:
         return list(self.meta["class_names"])
 
     def __call__(self, array: np.ndarray) -> tuple[np.ndarray, ...]:
-        if array.dtype != np.uint8:
-            raise ValueError(f"{self.path}: input must be uint8 0-255 (metadata input.dtype), got {array.dtype}")
+        if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
+            raise ValueError(f"{self.path}: input must be a uint8 0-255 numpy array (metadata input.dtype), "
+                             f"got {getattr(array, 'dtype', type(array).__name__)}")
+        ndim = 3 if self.meta["model_type"] == "detector" else 4
+        if array.ndim != ndim or array.shape[-3] != 3:
+            raise ValueError(f"{self.path}: input must be {self.meta['input']['layout']} with 3 channels in "
+                             f"{self.meta['input']['channel_order']} order, got shape {array.shape}; "
+                             "preprocess(image_bgr, meta) makes it from a cv2 image")
+        array = np.ascontiguousarray(array)  # torch.from_numpy rejects negative strides (img[..., ::-1])
         if self.format == "onnx":
             return tuple(self._ort.run(None, {self._input: array}))
         with torch.no_grad():
