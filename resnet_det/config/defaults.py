@@ -132,6 +132,9 @@ _C.MODEL.CLASSIFIER = CN()
 # "imagenet" (Table 1 nets) or "cifar" (Sec. 4.2, depth 6n+2).
 _C.MODEL.CLASSIFIER.STYLE = "imagenet"
 _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+# Depth 6n+2 of the "cifar" style nets (20, 32, 44, 56, 110, 1202 in Sec. 4.2); MODEL.RESNETS.DEPTH
+# (Table 1 depths only) sizes the "imagenet" style.
+_C.MODEL.CLASSIFIER.CIFAR_DEPTH = 20
 
 # ---------------------------------------------------------------------------------------------
 # INPUT

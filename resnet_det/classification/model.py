@@ -1,0 +1,148 @@
+"""The classifier the pretraining tool trains: normalisation + a Table 1 or Sec. 4.2 net.
+
+Its state_dict is the net's under ``net.``: torchvision names once the prefix is stripped (as
+``engine.checkpoint.read_weights`` does), so a pretraining checkpoint is a detector's MODEL.WEIGHTS.
+The mean/std are non-persistent buffers; a per-pixel mean image travels in the checkpoint's meta.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling.backbone import CifarResNet, ResNet
+
+logger = logging.getLogger(__name__)
+
+
+class Classifier(nn.Module):
+    """Images (0-255, INPUT.FORMAT order) -> logits.
+
+    Train mode: ``model((images, labels))`` -> ``{"loss_cls": cross-entropy}``.
+    Eval mode: ``model(images)`` with images (N, 3, H, W) -> (N, C) logits; (N, K, 3, H, W) crops ->
+    (N, K, C); with ``test_sizes`` (Table 4 protocol) each image is resized to every shorter side in
+    it and run fully convolutionally -> (N, len(test_sizes), C). The evaluator averages the softmax
+    of the K or len(test_sizes) score vectors.
+
+    Args:
+        net: ResNet or CifarResNet with a classifier (fc).
+        pixel_mean, pixel_std: 3 values each (0-255 scale).
+        mean_image: (3, S, S) per-pixel mean (Sec. 3.4), subtracted from inputs of size S x S; inputs of
+            any other size (multi-scale testing) get its per-channel average instead.
+    """
+
+    def __init__(self, net: nn.Module, pixel_mean, pixel_std, mean_image: torch.Tensor | None = None,
+                 test_sizes=None):
+        super().__init__()
+        self.net = net
+        if mean_image is not None:
+            mean_image = torch.as_tensor(mean_image, dtype=torch.float32)
+            if mean_image.dim() != 3 or mean_image.shape[0] != 3:
+                raise ValueError(f"mean_image must be (3, H, W), got {tuple(mean_image.shape)}")
+            pixel_mean = mean_image.mean(dim=(1, 2)).tolist()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
+        self.register_buffer("mean_image", mean_image, False)
+        self.test_sizes = tuple(int(s) for s in test_sizes) if test_sizes else None
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.pixel_mean.device, non_blocking=True).float()
+        if self.mean_image is not None and tuple(x.shape[-2:]) == tuple(self.mean_image.shape[-2:]):
+            x = x - self.mean_image
+        else:
+            x = x - self.pixel_mean
+        return x / self.pixel_std
+
+    def forward(self, batch):
+        if self.training:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise TypeError("in train mode the classifier takes (images, labels)")
+            images, labels = batch
+            logits = self.net(self.normalize(images))
+            return {"loss_cls": F.cross_entropy(logits, labels.to(logits.device))}
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if images.dim() == 5:  # multi-crop: (N, K, 3, H, W)
+            n, k = images.shape[:2]
+            return self.net(self.normalize(images.flatten(0, 1))).view(n, k, -1)
+        if self.test_sizes:
+            return torch.stack([self.net(self.normalize(resize_shorter_tensor(images, s)))
+                                for s in self.test_sizes], dim=1)
+        return self.net(self.normalize(images))
+
+
+def resize_shorter_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) -> shorter side `size`, aspect kept (antialiased bilinear). The global average
+    pool makes the net fully convolutional: its logits equal the fc applied at every position of
+    the last feature map and averaged, which is the paper's dense multi-scale testing (Sec. 3.4)."""
+    h, w = images.shape[-2:]
+    if min(h, w) == size:
+        return images
+    scale = size / min(h, w)
+    out = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(images.float(), size=out, mode="bilinear", align_corners=False, antialias=True)
+
+
+def build_net(cfg) -> nn.Module:
+    """ResNet (MODEL.CLASSIFIER.STYLE "imagenet", Table 1) or CifarResNet ("cifar", Sec. 4.2)."""
+    r, c = cfg.MODEL.RESNETS, cfg.MODEL.CLASSIFIER
+    if r.NORM == "FrozenBN":
+        raise ValueError("MODEL.RESNETS.NORM=FrozenBN cannot be trained from scratch: classification "
+                         "pretraining learns the BN statistics; set MODEL.RESNETS.NORM BN (or SyncBN)")
+    if c.NUM_CLASSES < 2:
+        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={c.NUM_CLASSES}: expected at least 2")
+    if c.STYLE == "cifar":
+        return CifarResNet(c.CIFAR_DEPTH, num_classes=c.NUM_CLASSES, shortcut=r.SHORTCUT, plain=r.PLAIN,
+                           norm=r.NORM, zero_init_residual=r.ZERO_INIT_RESIDUAL)
+    if c.STYLE != "imagenet":
+        raise ValueError(f"MODEL.CLASSIFIER.STYLE={c.STYLE!r}: expected imagenet or cifar")
+    return ResNet(r.DEPTH, num_classes=c.NUM_CLASSES, norm=r.NORM, stride_in_1x1=r.STRIDE_IN_1X1,
+                  shortcut=r.SHORTCUT, plain=r.PLAIN, zero_init_residual=r.ZERO_INIT_RESIDUAL,
+                  num_groups=r.NUM_GROUPS, width_per_group=r.WIDTH_PER_GROUP,
+                  stem_out_channels=r.STEM_OUT_CHANNELS, res2_out_channels=r.RES2_OUT_CHANNELS)
+
+
+def build_classifier(cfg, mean_image=None) -> Classifier:
+    """Classifier from the config. INPUT.MEAN_MODE "per_pixel" needs ``mean_image`` (see
+    ``data.compute_mean_image``); "per_channel" uses MODEL.PIXEL_MEAN."""
+    if cfg.MODEL.META_ARCHITECTURE != "Classifier":
+        raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: the pretraining tool "
+                         "trains 'Classifier' (see configs/imagenet, configs/cifar10)")
+    if cfg.INPUT.MEAN_MODE == "per_pixel" and mean_image is None:
+        raise ValueError("INPUT.MEAN_MODE=per_pixel needs the mean image of the training set "
+                         "(resnet_det.classification.compute_mean_image(cfg))")
+    if cfg.INPUT.MEAN_MODE != "per_pixel":
+        mean_image = None
+    protocol = cfg.TEST.CLS_PROTOCOL
+    return Classifier(build_net(cfg), list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD), mean_image,
+                      test_sizes=cfg.TEST.MULTISCALE_SIZES if protocol == "multiscale" else None)
+
+
+def load_classifier_weights(model: Classifier, path: str) -> dict:
+    """Initialise ``model.net`` from MODEL.WEIGHTS (a pretraining checkpoint or torchvision
+    weights), matching by name and shape; an fc of another NUM_CLASSES keeps its initialisation.
+    A recorded per-pixel mean image replaces the model's. Returns the report."""
+    from ..engine.checkpoint import read_weights
+
+    sd, meta = read_weights(path)
+    target = model.net.state_dict()
+    loaded, reinit = [], []
+    for k, v in sd.items():
+        if k in target and tuple(v.shape) == tuple(target[k].shape):
+            target[k] = v.to(target[k].dtype)
+            loaded.append(k)
+        elif k in target:
+            reinit.append(f"{k} {tuple(v.shape)} -> {tuple(target[k].shape)}")
+    unused = [k for k in sd if k not in target]
+    missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
+    if not loaded:
+        raise ValueError(f"MODEL.WEIGHTS {path}: none of its {len(sd)} tensors matches the classifier "
+                         f"(e.g. {sorted(sd)[:3]}); expected torchvision names (conv1.weight, layer1.0...)")
+    model.net.load_state_dict(target)
+    if isinstance(meta.get("mean_image"), torch.Tensor) and model.mean_image is not None:
+        model.mean_image = meta["mean_image"].to(model.pixel_mean)
+        model.pixel_mean = model.mean_image.mean(dim=(1, 2)).view(3, 1, 1)
+    logger.info("Loaded %d tensors from %s; re-initialised %d (%s); not in the file %d; unused %d",
+                len(loaded), path, len(reinit), "; ".join(reinit), len(missing), len(unused))
+    return {"loaded": loaded, "reinitialized": reinit, "missing": missing, "unused": unused}

@@ -1,0 +1,109 @@
+"""Classification pretraining on the detection engine: the same loop, checkpoints, exact resume,
+metrics file and DDP, with the classifier, its loaders and the top-1/top-5 evaluator plugged in."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..engine.checkpoint import _unwrap, read_weights
+from ..engine.trainer import Trainer, flatten_results, resolve_device
+from ..evaluation import ClassificationEvaluator
+from ..utils import comm
+from ..utils.events import MetricsWriter
+from .data import build_classification_test_loader, build_classification_train_loader, compute_mean_image
+from .model import build_classifier, load_classifier_weights
+
+logger = logging.getLogger("resnet_det")
+
+
+class ClassificationTrainer(Trainer):
+    """``Trainer`` for MODEL.META_ARCHITECTURE "Classifier" (configs/imagenet, configs/cifar10).
+
+    Checkpoints hold the net under ``net.`` (torchvision names) and a meta record with the input
+    conventions; with INPUT.MEAN_MODE per_pixel the record's pixel_mean is the mean image's
+    per-channel average (what a detector fine-tuned from it subtracts) and ``mean_image`` the image.
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        mean_image = _unwrap(self.model).mean_image
+        if mean_image is not None:
+            self.checkpointer.meta = {**self.checkpointer.meta, **mean_image_meta(mean_image)}
+
+    @classmethod
+    def build_model(cls, cfg):
+        mean = compute_mean_image(cfg) if cfg.INPUT.MEAN_MODE == "per_pixel" else None
+        return build_classifier(cfg, mean)
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        return build_classification_train_loader(cfg, start_iter=start_iter)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_classification_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str):
+        return ClassificationEvaluator(ks=(1, 5))
+
+    @staticmethod
+    def weights_meta(cfg) -> dict:
+        meta = Trainer.weights_meta(cfg)
+        meta.update(classifier_style=cfg.MODEL.CLASSIFIER.STYLE, num_classes=cfg.MODEL.CLASSIFIER.NUM_CLASSES,
+                    mean_mode=cfg.INPUT.MEAN_MODE)
+        return meta
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        state = self.checkpointer.resume() if resume else None
+        if state is not None:
+            self.start_iter = state["iteration"] + 1
+            self.best = state.get("best")
+            self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        elif self.cfg.MODEL.WEIGHTS:
+            load_classifier_weights(_unwrap(self.model), self.cfg.MODEL.WEIGHTS)
+
+
+def mean_image_meta(mean_image: torch.Tensor) -> dict:
+    mean_image = mean_image.detach().cpu().float()
+    return {"pixel_mean": [float(v) for v in mean_image.mean(dim=(1, 2))], "mean_image": mean_image}
+
+
+def build_eval_model(cfg, weights: str):
+    """The classifier of ``weights`` for evaluation: its recorded mean image if it has one."""
+    mean = None
+    if cfg.INPUT.MEAN_MODE == "per_pixel":
+        _, meta = read_weights(weights)
+        mean = meta.get("mean_image")
+        if mean is None:
+            logger.info("MODEL.WEIGHTS records no mean image; computing it from DATASETS.TRAIN")
+            mean = compute_mean_image(cfg)
+    model = build_classifier(cfg, mean).to(resolve_device(cfg))
+    load_classifier_weights(model, weights)
+    return model
+
+
+def run_classification(cfg, args) -> dict:
+    """The body of tools/pretrain_net.py: evaluate MODEL.WEIGHTS, or train (resuming) then evaluate."""
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise SystemExit("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
+        results = ClassificationTrainer.test(cfg, build_eval_model(cfg, cfg.MODEL.WEIGHTS))
+        if comm.is_main_process():
+            writer = MetricsWriter(cfg.OUTPUT_DIR, enable_tensorboard=False)
+            writer.write(-1, {"eval_only": True, "weights": cfg.MODEL.WEIGHTS,
+                              "protocol": cfg.TEST.CLS_PROTOCOL, **flatten_results(results)})
+            writer.close()
+        return results
+    trainer = ClassificationTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process() and not trainer._stop.is_set():
+        import os
+
+        from ..utils.plot import plot_metrics
+
+        if os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "metrics.json")):
+            logger.info("Wrote %s", plot_metrics(cfg.OUTPUT_DIR))
+    return results
