@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .checkpoint import load_model_weights
+from .checkpoint import adopt_weight_conventions, load_model_weights
 from .trainer import resolve_device
 
 
@@ -51,10 +51,14 @@ class DefaultPredictor(ModelPredictor):
         from ..modeling.detector import build_model
 
         self.cfg = cfg.clone()
+        if cfg.MODEL.WEIGHTS:  # build for the input convention the weights were trained with
+            self.cfg.defrost()
+            adopt_weight_conventions(self.cfg, cfg.MODEL.WEIGHTS)
+            self.cfg.freeze()
         model = build_model(self.cfg).to(resolve_device(cfg)).eval()
         if cfg.MODEL.WEIGHTS:
             load_model_weights(model, cfg.MODEL.WEIGHTS)
-        super().__init__(model, cfg.INPUT.FORMAT, self._class_names(cfg))
+        super().__init__(model, self.cfg.INPUT.FORMAT, self._class_names(cfg))
 
     @staticmethod
     def _class_names(cfg) -> list[str]:
