@@ -153,7 +153,7 @@ def train_one(settings: StudySettings, train_dicts: list[dict], val_dicts: list[
         scheduler.step()
         wrong += int((logits.argmax(1) != labels).sum())
         seen += len(labels)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (it + 1) % settings.eval_period == 0 or it + 1 == settings.iterations:
             curve["iteration"].append(it + 1)
             curve["train_err"].append(100.0 * wrong / seen)
