@@ -126,6 +126,10 @@ _C.MODEL.LOCALIZER = CN()
 _C.MODEL.LOCALIZER.IN_FEATURE = "res5"
 # Weight of the box loss against the classification loss.
 _C.MODEL.LOCALIZER.BOX_LOSS_WEIGHT = 1.0
+# Channels of the per-class head's 3x3 conv (0 = those of IN_FEATURE). Its anchors come from
+# MODEL.ANCHOR_GENERATOR (one list), its matching and sampling from MODEL.RPN.IOU_THRESHOLDS,
+# BATCH_SIZE_PER_IMAGE and POSITIVE_FRACTION (Appendix C samples 8 anchors per image, 1:1).
+_C.MODEL.LOCALIZER.HEAD_CHANNELS = 0
 
 # Classification (ImageNet / CIFAR pretraining).
 _C.MODEL.CLASSIFIER = CN()

@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Train or evaluate the ImageNet localization network (Appendix C: per-class RPN on a ResNet).
+
+    python tools/train_localizer.py --config-file configs/imagenet/loc_R-101.yaml \
+        MODEL.WEIGHTS path/to/resnet101_classification.pth [--eval-only] [--resume] [--num-gpus N]
+    python tools/train_localizer.py --config-file configs/demo/loc_R-18_demo.yaml   # CPU, ~2 min
+
+Reports top-1 / top-5 localization and classification error and the oracle (true class) error.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from resnet_det.engine import default_argument_parser, default_setup, launch, setup_cfg  # noqa: E402
+from resnet_det.engine.run import run_detection  # noqa: E402
+from resnet_det.localization import LocalizerTrainer  # noqa: E402
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    default_setup(cfg, args)
+    return run_detection(cfg, args, LocalizerTrainer)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser("resnet_det ImageNet localization (Appendix C)").parse_args()
+    launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
