@@ -129,6 +129,7 @@ def test_train_loader_resumes_exactly(tiny_set, tmp_path, workers):
     cfg, _ = _cfg(tmp_path, tiny_set, **{"DATALOADER.NUM_WORKERS": workers})
     fresh = iter(build_classification_train_loader(cfg))
     first = [next(fresh) for _ in range(7)]  # 28 items: crosses the 18-image epoch boundary
+    assert isinstance(first[0], tuple)  # what the trainer's non-finite report expects of a non-list batch
     images, labels = first[0]
     assert images.shape == (4, 3, 24, 24) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     resumed = iter(build_classification_train_loader(cfg, start_iter=5))

@@ -168,12 +168,18 @@ def _take(it, n: int):
 class ClassificationTrainLoader:
     """Infinite iterable of ``(images uint8 (B, 3, S, S), labels (B,))``, B = IMS_PER_BATCH // world size."""
 
-    def __init__(self, stream: _BatchStream, num_workers: int, pin_memory: bool):
-        self.stream, self.num_workers, self.pin_memory = stream, num_workers, pin_memory
+    def __init__(self, stream: _BatchStream, num_workers: int):
+        self.stream, self.num_workers = stream, num_workers
 
     def __iter__(self):
-        yield from DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
-                              pin_memory=self.pin_memory)
+        # Batches stay (images, labels) tuples, which the trainer's non-finite report expects of
+        # non-list batches: _keep instead of default_convert, and no pin_memory (both make lists).
+        # Pinning would save little: the uint8 batches are 4x smaller than the float input.
+        yield from DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=_keep)
+
+
+def _keep(batch):
+    return batch
 
 
 def build_classification_train_loader(cfg, start_iter: int = 0, dicts: list | None = None):
@@ -194,8 +200,7 @@ def build_classification_train_loader(cfg, start_iter: int = 0, dicts: list | No
     sampler = TrainingSampler(len(dicts), shuffle=True, seed=_shared_seed(cfg.SEED), rank=rank, world_size=world)
     stream = _BatchStream(dicts, TrainTransform(cfg), cfg.INPUT.FORMAT, sampler, total // world, start_iter,
                           cfg.DATALOADER.ON_BAD_IMAGE)
-    return ClassificationTrainLoader(stream, cfg.DATALOADER.NUM_WORKERS,
-                                     bool(cfg.DATALOADER.PIN_MEMORY) and torch.cuda.is_available())
+    return ClassificationTrainLoader(stream, cfg.DATALOADER.NUM_WORKERS)
 
 
 # ---- testing ------------------------------------------------------------------------------------
