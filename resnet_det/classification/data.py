@@ -97,7 +97,7 @@ def register_classification_builtins(root: str | None = None) -> None:
 
         DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(evaluator_type="classification", dirname=demo_dir,
-                                      thing_classes=list(SHAPE_KINDS[:CLS_DEMO["num_classes"]]))
+                                      thing_classes=sorted(SHAPE_KINDS[:CLS_DEMO["num_classes"]]))  # folder order
 
 
 def get_classification_dicts(names) -> list[dict]:

@@ -68,7 +68,8 @@ def summary_markdown(summary: dict) -> str:
              f"Data: `{summary['data_root']}`; {s['iterations']} iterations, batch {s['batch_size']}, lr "
              f"{s['base_lr']} (/10 at {', '.join(str(int(f * s['iterations'])) for f in s['lr_steps'])}), "
              f"seed {s['seed']}.", "",
-             "| net | train err, last window (%) | train err, eval mode (%) | val err (%) | mean response std | time (s) |",
+             "| net | train err, last window (%) | train err, eval mode (%) | val err (%) "
+             "| mean response std | time (s) |",
              "|---|---|---|---|---|---|"]
     for r in summary["models"]:
         lines.append(f"| {r['name']} | {r['final_train_err_running']:.2f} | {r['final_train_err_eval']:.2f} | "
