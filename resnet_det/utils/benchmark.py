@@ -1,0 +1,248 @@
+"""Timing and memory helpers for side-by-side benchmarks (tools/benchmark.py).
+
+Timings of several implementations are interleaved (A B C, C B A, A B C, ...) so that load from other
+processes, thermal drift or a background job hits every implementation alike; we report medians after
+warm-up. Peak memory: on GPU `torch.cuda.max_memory_allocated`; on CPU Python's tracemalloc does not see
+torch's allocations, so each case runs in a fresh child process (forked from a server that has only
+imported torch) and we read the kernel's high-water mark of resident memory (`ru_maxrss`).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+__all__ = ["machine_info", "synchronize", "interleaved_times", "summarize", "rss_mb", "peak_rss_mb",
+           "measure_peak_memory", "compare_outputs", "markdown_table", "run_group", "ratio", "report_markdown"]
+
+
+def machine_info(device: torch.device) -> dict:
+    """The machine and versions a result belongs to."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import torchvision
+
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "mkldnn": torch.backends.mkldnn.is_available(), "device": str(device)}
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
+                    tf32_conv=torch.backends.cudnn.allow_tf32)
+    return info
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int, iters: int,
+                      device: torch.device) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured in alternating order after `warmup` calls each."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+        synchronize(device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(iters):
+        for name in names if r % 2 == 0 else reversed(names):
+            synchronize(device)
+            t0 = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: list[float]) -> dict:
+    """Median and spread (min, max, inter-quartile range when there are enough samples)."""
+    out = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
+    if len(times) >= 4:
+        q = statistics.quantiles(times, n=4)
+        out["iqr_s"] = q[2] - q[0]
+    return out
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+
+
+def _probe(build, spec, threads: int, steps: int, conn) -> None:
+    try:
+        torch.set_num_threads(threads)
+        step = build(spec)
+        resident = rss_mb()  # model, optimizer and inputs, before the measured steps
+        for _ in range(steps):
+            step()
+        conn.send({"rss_setup_mb": resident, "rss_peak_mb": peak_rss_mb(),
+                   "step_peak_over_setup_mb": peak_rss_mb() - resident})
+    except Exception as e:  # reported in the results, not fatal to the whole benchmark
+        conn.send({"error": f"{type(e).__name__}: {e}"})
+    finally:
+        conn.close()
+
+
+_CONTEXT = None
+
+
+def _context():
+    """A fork server that has imported torch: children start fast and own a fresh ru_maxrss."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        if "forkserver" in mp.get_all_start_methods():
+            _CONTEXT = mp.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["torch", "torchvision", "resnet_det.modeling"])
+        else:
+            _CONTEXT = mp.get_context("spawn")
+    return _CONTEXT
+
+
+def measure_peak_memory(build: Callable, spec, *, device: torch.device, threads: int, steps: int = 2) -> dict:
+    """Peak memory of `build(spec)()` (a step function) run `steps` times.
+
+    `build` must be a module-level function (it is pickled by name for the child process on CPU).
+    CUDA: peak allocated by torch over the steps, in this process. CPU: resident memory of a child
+    process after building (`rss_setup_mb`), its high-water mark (`rss_peak_mb`) and their difference
+    (`step_peak_over_setup_mb`, what the steps add on top of weights and inputs).
+    """
+    if device.type == "cuda":
+        step = build(spec)
+        step()  # lazy state (cudnn workspaces, optimizer buffers) is part of steady state
+        synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        del step
+        torch.cuda.empty_cache()
+        return {"cuda_setup_mb": base / 2**20, "cuda_peak_mb": peak / 2**20,
+                "step_peak_over_setup_mb": (peak - base) / 2**20}
+    ctx = _context()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_probe, args=(build, spec, threads, steps, child))
+    proc.start()
+    child.close()
+    try:
+        result = parent.recv()
+    except EOFError:
+        result = {"error": "the probe process died (out of memory?)"}
+    proc.join()
+    return result
+
+
+def compare_outputs(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict:
+    """How far `out` is from `ref`, key by key: the largest absolute difference, and the largest
+    relative L2 error ||out - ref|| / ||ref|| (robust where a tensor is mostly near zero, as gradients
+    of early layers are). `elements` counts what was compared (0 means nothing was: no detections)."""
+    if not ref or set(ref) != set(out) or any(ref[k].shape != out[k].shape for k in ref):
+        shapes = {k: (tuple(ref[k].shape) if k in ref else None, tuple(out[k].shape) if k in out else None)
+                  for k in sorted(set(ref) | set(out))}
+        return {"comparable": False, "shapes": shapes}
+    abs_diff, rel = 0.0, 0.0
+    for k in ref:
+        a, b = ref[k].detach().double().cpu(), out[k].detach().double().cpu()
+        if a.numel():
+            abs_diff = max(abs_diff, (a - b).abs().max().item())
+            rel = max(rel, ((a - b).norm() / a.norm().clamp_min(1e-30)).item())
+    return {"comparable": True, "max_abs_diff": abs_diff, "max_rel_l2": rel,
+            "elements": sum(v.numel() for v in ref.values())}
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Rows of dicts as a Markdown table; columns are (key, header); floats get 3 significant digits."""
+    def fmt(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_group(name: str, section: str, builder: Callable, specs: list[dict], images: int, *,
+              device: torch.device, warmup: int, iters: int, threads: int, memory: bool = True) -> list[dict]:
+    """One comparison: build every implementation (`builder(spec)` -> object with `step()` via
+    `__call__` and `check()` -> dict of tensors), compare outputs with the first, time them
+    interleaved, then measure each one's peak memory in isolation. Returns one row per spec."""
+    cases = {s["impl"]: builder(s) for s in specs}
+    ref_impl = specs[0]["impl"]
+    ref = cases[ref_impl].check()
+    checks = {impl: compare_outputs(ref, c.check()) for impl, c in cases.items()}
+    times = interleaved_times(cases, warmup=warmup, iters=iters, device=device)
+    del cases
+    rows = []
+    for s in specs:
+        st = summarize(times[s["impl"]])
+        row = {"group": name, "section": section, "impl": s["impl"], "images_per_step": images, **st,
+               "images_per_s": images / st["median_s"], "ms_per_image": 1000 * st["median_s"] / images,
+               "reference": ref_impl, "check": checks[s["impl"]]}
+        row["speedup"] = summarize(times[ref_impl])["median_s"] / st["median_s"]
+        if memory:
+            row["memory"] = measure_peak_memory(builder, s, device=device, threads=threads)
+        rows.append(row)
+    return rows
+
+
+def ratio(rows: list[dict], group_prefix: str, impl: str, ref: str = "torchvision") -> float | None:
+    """Median time of `ref` over that of `impl` in the first group whose name starts with the prefix."""
+    sel = {r["impl"]: r["median_s"] for r in rows if r["group"].startswith(group_prefix)}
+    return sel[ref] / sel[impl] if impl in sel and ref in sel else None
+
+
+def report_markdown(report: dict) -> str:
+    """The report of tools/benchmark.py as Markdown: machine, command, one table, loader, ratios."""
+    m = report["machine"]
+    lines = [f"Machine: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']})"
+             + (f", GPU {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}, torchvision "
+             f"{m['torchvision']}, python {m['python']}; device {m['device']}.", "",
+             f"Command: `{report['command']}`", ""]
+    for r in report["results"]:
+        mem = r.get("memory", {})
+        r["peak_mb"] = mem.get("cuda_peak_mb", mem.get("rss_peak_mb"))
+        r["step_mb"] = mem.get("step_peak_over_setup_mb")
+        r["diff"] = r["check"].get("max_rel_l2")
+    cols = [("group", "case"), ("impl", "implementation"), ("median_s", "median s/step"),
+            ("images_per_s", "images/s"), ("ms_per_image", "ms/image"), ("speedup", "speed-up vs first"),
+            ("diff", "max rel. diff vs first"), ("peak_mb", "peak MB"), ("step_mb", "step MB over setup")]
+    lines += [markdown_table(report["results"], cols), ""]
+    if report.get("data"):
+        lines += ["Training loader (shapes demo set) vs the model's step rate:", "",
+                  markdown_table(report["data"], [("workers", "workers"), ("images_per_s", "loader images/s"),
+                                                  ("pin_memory", "pinned")]), ""]
+        lines += [f"Loader starves the demo model: {report['data_starved']}", ""]
+    lines += ["Headline ratios (higher is faster for ours):", ""]
+    lines += [f"- {k}: {'n/a' if v is None else f'{v:.2f}x'}" for k, v in report["headline"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""Fast paths (resnet_det.modeling.fast) give the plain path's outputs and gradients within float
+tolerance: FrozenBN/BN folding, channels_last, through the detector's config switches."""
+import copy
+import io
+import os
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from resnet_det.config import get_cfg
+from resnet_det.modeling.backbone.resnet import ResNet
+from resnet_det.modeling.detector import build_model
+from resnet_det.modeling.fast import (DeviceMeter, FoldedConv2d, apply_fast_path, fold_frozen_bn, to_channels_last,
+                                      unfold_frozen_bn)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pretrained_like(model, seed=0):
+    """Non-trivial norm statistics, so that a wrong fold cannot pass by being the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                n = m.running_mean.numel()
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.3)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.2)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model
+
+
+def net(depth=18, norm="FrozenBN", **kw):
+    torch.manual_seed(0)
+    return pretrained_like(ResNet(depth, norm=norm, num_classes=10, **kw))
+
+
+def assert_rel_close(a, b, tol=1e-4, msg=""):
+    """Relative L2 error: elementwise tolerances misjudge gradients that are near zero in places."""
+    rel = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    assert rel < tol, f"{msg}: relative L2 error {rel:.2e} >= {tol}"
+
+
+def x(n=2, size=64):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("depth,pairs", [(18, 20), (50, 53)])
+def test_fold_counts_and_keeps_state_dict(depth, pairs):
+    # ResNet-18: stem + 8 blocks x 2 convs + 3 projections; ResNet-50: stem + 16 x 3 + 4 (Table 1).
+    model = net(depth)
+    keys = {k: v.clone() for k, v in model.state_dict().items()}
+    assert fold_frozen_bn(model) == pairs
+    assert sum(isinstance(m, FoldedConv2d) for m in model.modules()) == pairs
+    after = model.state_dict()
+    assert list(after) == list(keys) and all(torch.equal(after[k], keys[k]) for k in keys)
+    assert fold_frozen_bn(model) == 0  # already folded: nothing left to fold
+
+
+def test_folded_forward_equals_torchvision():
+    tv = pretrained_like(torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d, num_classes=10)).eval()
+    ours = ResNet(18, norm="FrozenBN", num_classes=10)
+    ours.load_state_dict(tv.state_dict())
+    fold_frozen_bn(ours)
+    with torch.inference_mode():
+        ref, out = tv(x()), ours(x())
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_folded_training_gradients_and_steps_match_plain():
+    plain, fast = net(18), net(18)
+    fold_frozen_bn(fast)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, fast)]
+    for step in range(3):
+        for m, opt in zip((plain, fast), opts):
+            opt.zero_grad()
+            m(x()).square().mean().backward()
+        for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
+            assert_rel_close(q.grad, p.grad, msg=f"step {step} grad of {n}")
+        for opt in opts:
+            opt.step()
+    # Inference after training uses the updated weights (the cached fold is not stale).
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x()), plain.eval()(x()), rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_stage_in_training_uses_cache_and_still_backprops():
+    plain, fast = net(18, freeze_at=2), net(18, freeze_at=2)
+    fold_frozen_bn(fast)
+    for m in (plain, fast):
+        m(x()).sum().backward()
+    conv1 = fast.conv1
+    assert isinstance(conv1, FoldedConv2d) and conv1._fold_cache is not None  # frozen stem: cached fold
+    assert fast.layer3[0].conv1._fold_cache is None  # trainable: folded on the fly, with gradients
+    for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
+        if p.requires_grad:
+            assert_rel_close(q.grad, p.grad, msg=n)
+
+
+def test_batchnorm_folds_only_in_eval_and_tracks_new_statistics():
+    plain, fast = net(18, norm="BN"), net(18, norm="BN")
+    fold_frozen_bn(fast)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x()), plain.eval()(x()), rtol=1e-4, atol=1e-4)
+        # Training mode: batch statistics (no fold), and the running statistics update alike.
+        torch.testing.assert_close(fast.train()(x(4)), plain.train()(x(4)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast.bn1.running_var, plain.bn1.running_var)
+        # Back in eval, the fold uses the new statistics, not the cached old ones.
+        torch.testing.assert_close(fast.eval()(x()), plain.eval()(x()), rtol=1e-4, atol=1e-4)
+
+
+def test_load_state_dict_after_fold_and_unfold():
+    fast, other = net(18), pretrained_like(net(18), seed=5)
+    fold_frozen_bn(fast)
+    with torch.no_grad():
+        fast.eval()(x())  # fill the cache with the old weights
+        fast.load_state_dict(other.state_dict())
+        torch.testing.assert_close(fast(x()), other.eval()(x()), rtol=1e-4, atol=1e-4)
+        assert unfold_frozen_bn(fast) == 20
+        assert not any(isinstance(m, FoldedConv2d) for m in fast.modules())
+        assert type(fast.bn1) is FrozenBatchNorm2d
+        torch.testing.assert_close(fast(x()), other(x()), rtol=1e-4, atol=1e-4)
+
+
+def test_deepcopy_and_save_keep_their_own_norms():
+    fast = net(18).eval()
+    fold_frozen_bn(fast)
+    clone = copy.deepcopy(fast)
+    assert clone.conv1._fold_norm is clone.bn1 and clone.bn1 is not fast.bn1
+    buf = io.BytesIO()
+    torch.save(fast, buf)
+    loaded = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    with torch.no_grad():
+        ref = fast(x())
+        fast.bn1.running_var.mul_(4)  # changes the original only
+        torch.testing.assert_close(clone(x()), ref)
+        torch.testing.assert_close(loaded(x()), ref)
+        assert not torch.allclose(fast(x()), ref)
+
+
+def test_channels_last_and_jit_trace_equal():
+    plain, fast = net(18).eval(), net(18).eval()
+    fold_frozen_bn(fast)
+    fast = fast.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = plain(x())
+        torch.testing.assert_close(fast(x().contiguous(memory_format=torch.channels_last)), ref,
+                                   rtol=1e-4, atol=1e-4)
+        traced = torch.jit.trace(fast, (x(),), check_trace=False)  # the TorchScript/ONNX export path
+        torch.testing.assert_close(traced(x()), ref, rtol=1e-4, atol=1e-4)
+
+
+def detector_cfg(base, *opts):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", base))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+                         "MODEL.RESNETS.RES2_OUT_CHANNELS", 0, "INPUT.MIN_SIZE_TRAIN", (96,),
+                         "INPUT.MAX_SIZE_TRAIN", 128, "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 128,
+                         "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.RPN.POST_NMS_TOPK_TEST", 32,
+                         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, *opts])
+    return cfg
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return [{"image": torch.randint(0, 255, (3, 90, 120), dtype=torch.uint8, generator=g),
+             "boxes": torch.tensor([[10.0, 20.0, 60.0, 80.0]]), "classes": torch.tensor([2])},
+            {"image": torch.randint(0, 255, (3, 100, 80), dtype=torch.uint8, generator=g),
+             "boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]]), "classes": torch.tensor([0])}]
+
+
+@pytest.mark.parametrize("base,head", [("Base-RCNN-FPN.yaml", None), ("Base-RCNN-C4.yaml", "res5")])
+def test_detector_switches_equal_outputs_and_losses(base, head):
+    models = {}
+    for name, opts in {"plain": ["MODEL.FUSE_FROZEN_BN", False],
+                       "fast": ["MODEL.FUSE_FROZEN_BN", True, "MODEL.CHANNELS_LAST", True]}.items():
+        torch.manual_seed(0)
+        models[name] = build_model(detector_cfg(base, *opts))
+    plain, fast = models["plain"], models["fast"]
+    pretrained_like(plain)
+    fast.load_state_dict(plain.state_dict())  # loading after build_model's fold is fine
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    assert not any(isinstance(m, FoldedConv2d) for m in plain.modules())
+    assert isinstance(fast.backbone.body.conv1, FoldedConv2d)
+    if head:  # the C4 per-region res5 head is folded too
+        assert isinstance(fast.roi_heads.box_head.res5[0].conv1, FoldedConv2d)
+    with torch.no_grad():
+        for m in (plain, fast):
+            m.roi_heads.box_predictor.cls_score.bias[1:] += 4.0  # so that random weights detect boxes
+    with torch.inference_mode():
+        ref, out = (m.eval()([{"image": batch()[0]["image"]}])[0]["instances"] for m in (plain, fast))
+    assert len(ref["boxes"]) > 0 and out["boxes"].shape == ref["boxes"].shape
+    torch.testing.assert_close(out["boxes"], ref["boxes"], atol=1e-2, rtol=0)
+    torch.testing.assert_close(out["scores"], ref["scores"], atol=1e-4, rtol=0)
+    assert torch.equal(out["pred_classes"], ref["pred_classes"])
+    losses = {}
+    for name, m in models.items():
+        torch.manual_seed(3)  # the same RPN / RoI sampling
+        losses[name] = m.train()(batch())
+    for k, v in losses["plain"].items():
+        torch.testing.assert_close(losses["fast"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_apply_fast_path_switches_and_compile_keeps_keys():
+    cfg = detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_FROZEN_BN", False)
+    model = build_model(cfg)
+    keys = list(model.state_dict())
+    cfg.defrost()
+    cfg.MODEL.FUSE_FROZEN_BN, cfg.MODEL.CHANNELS_LAST, cfg.MODEL.COMPILE = True, True, True
+    model = apply_fast_path(model, cfg)  # compiles lazily: nothing runs here
+    assert list(model.state_dict()) == keys
+    assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(model.backbone.body.layer1[0].conv1, FoldedConv2d)
+
+
+def test_to_channels_last_converts_the_backbone_input():
+    model = build_model(detector_cfg("Base-RCNN-FPN.yaml"))
+    to_channels_last(model)
+    seen = {}
+    model.backbone.body.conv1.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    with torch.inference_mode():
+        model.eval()([{"image": batch()[0]["image"]}])
+    assert seen["x"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_device_meter_averages_without_per_step_sync():
+    meter = DeviceMeter()
+    meter.add({"loss": torch.tensor(1.0), "time": 0.5})
+    meter.add({"loss": torch.tensor(3.0), "time": 1.5})
+    assert meter.averages() == {"loss": 2.0, "time": 1.0}
+    assert meter.averages() == {}  # reset after reading
