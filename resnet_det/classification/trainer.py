@@ -7,10 +7,10 @@ import logging
 import torch
 
 from ..engine.checkpoint import _unwrap, read_weights
-from ..engine.trainer import Trainer, flatten_results, resolve_device
+from ..engine.run import record_eval_only
+from ..engine.trainer import Trainer, resolve_device
 from ..evaluation import ClassificationEvaluator
 from ..utils import comm
-from ..utils.events import MetricsWriter
 from .data import build_classification_test_loader, build_classification_train_loader, compute_mean_image
 from .model import build_classifier, load_classifier_weights
 
@@ -55,14 +55,8 @@ class ClassificationTrainer(Trainer):
                     mean_mode=cfg.INPUT.MEAN_MODE)
         return meta
 
-    def resume_or_load(self, resume: bool = True) -> None:
-        state = self.checkpointer.resume() if resume else None
-        if state is not None:
-            self.start_iter = state["iteration"] + 1
-            self.best = state.get("best")
-            self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
-        elif self.cfg.MODEL.WEIGHTS:
-            load_classifier_weights(_unwrap(self.model), self.cfg.MODEL.WEIGHTS)
+    def load_initial_weights(self, path: str) -> None:
+        load_classifier_weights(_unwrap(self.model), path)
 
 
 def mean_image_meta(mean_image: torch.Tensor) -> dict:
@@ -90,11 +84,7 @@ def run_classification(cfg, args) -> dict:
         if not cfg.MODEL.WEIGHTS:
             raise SystemExit("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
         results = ClassificationTrainer.test(cfg, build_eval_model(cfg, cfg.MODEL.WEIGHTS))
-        if comm.is_main_process():
-            writer = MetricsWriter(cfg.OUTPUT_DIR, enable_tensorboard=False)
-            writer.write(-1, {"eval_only": True, "weights": cfg.MODEL.WEIGHTS,
-                              "protocol": cfg.TEST.CLS_PROTOCOL, **flatten_results(results)})
-            writer.close()
+        record_eval_only(cfg, results, protocol=cfg.TEST.CLS_PROTOCOL)
         return results
     trainer = ClassificationTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

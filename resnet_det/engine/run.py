@@ -22,10 +22,7 @@ def run_detection(cfg, args, trainer_cls) -> dict:
         model.to(resolve_device(cfg))
         load_model_weights(model, cfg.MODEL.WEIGHTS)
         results = trainer_cls.test(cfg, model)
-        if comm.is_main_process():
-            writer = MetricsWriter(cfg.OUTPUT_DIR, enable_tensorboard=False)
-            writer.write(-1, {"eval_only": True, "weights": cfg.MODEL.WEIGHTS, **flatten_results(results)})
-            writer.close()
+        record_eval_only(cfg, results)
         return results
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -33,6 +30,14 @@ def run_detection(cfg, args, trainer_cls) -> dict:
     if comm.is_main_process() and not trainer._stop.is_set():
         draw_outputs(cfg, trainer.model)
     return results
+
+
+def record_eval_only(cfg, results: dict, **extra) -> None:
+    """Append an --eval-only result to OUTPUT_DIR/metrics.json (iteration -1)."""
+    if comm.is_main_process():
+        writer = MetricsWriter(cfg.OUTPUT_DIR, enable_tensorboard=False)
+        writer.write(-1, {"eval_only": True, "weights": cfg.MODEL.WEIGHTS, **extra, **flatten_results(results)})
+        writer.close()
 
 
 def draw_outputs(cfg, model) -> list[str]:

@@ -12,6 +12,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from ..modeling.fast import configure_backends
 from ..utils import comm
 from ..utils.events import MetricsWriter, ProgressPrinter
 from .checkpoint import Checkpointer, load_model_weights
@@ -50,6 +51,7 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.device = resolve_device(cfg)
+        configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (resnet_det/modeling/fast.py)
         model = self.build_model(cfg).to(self.device)
         if cfg.MODEL.CHANNELS_LAST:
             model = model.to(memory_format=torch.channels_last)
@@ -113,7 +115,11 @@ class Trainer:
             self.best = state.get("best")
             self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
         elif self.cfg.MODEL.WEIGHTS:
-            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
+            self.load_initial_weights(self.cfg.MODEL.WEIGHTS)
+
+    def load_initial_weights(self, path: str) -> None:
+        """MODEL.WEIGHTS for a fresh run (override for models with their own name mapping)."""
+        load_model_weights(self.model, path)
 
     def save(self, name: str, iteration: int) -> None:
         if comm.is_main_process():
