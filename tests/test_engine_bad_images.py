@@ -1,8 +1,6 @@
 """A corrupt image under ON_BAD_IMAGE=skip is listed, counted in metrics.json, and training goes on;
 under "error" it stops with the file name."""
 import json
-import os
-import shutil
 
 import pytest
 
