@@ -247,7 +247,7 @@ def register_ilsvrc_localization(name: str, image_root: str, *, csv_file: str | 
 
 # The generated demo set (resnet_det.data.make_localization_set): its size, fixed here so that
 # train and val come from one generation.
-LOC_DEMO = {"num_classes": 5, "train_per_class": 60, "val_per_class": 20, "image_size": 96, "seed": 0}
+LOC_DEMO = {"num_classes": 5, "train_per_class": 200, "val_per_class": 40, "image_size": 96, "seed": 0}
 
 
 def register_builtin_localization(root: str | None = None) -> list[str]:
