@@ -13,11 +13,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resnet_det.classification import run_classification  # noqa: E402
-from resnet_det.engine import default_argument_parser, default_setup, launch, setup_cfg  # noqa: E402
+from resnet_det.engine import default_argument_parser, default_setup  # noqa: E402
+from resnet_det.engine.defaults import launch_tool, setup_cfg_or_exit  # noqa: E402
 
 
 def main(args):
-    cfg = setup_cfg(args)
+    cfg = setup_cfg_or_exit(args)
     default_setup(cfg, args)
     return run_classification(cfg, args)
 
@@ -25,5 +26,4 @@ def main(args):
 if __name__ == "__main__":
     parser = default_argument_parser("resnet_det classification pretraining")
     parser.epilog = "Example: python tools/pretrain_net.py --config-file configs/cifar10/resnet-110.yaml"
-    args = parser.parse_args()
-    launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+    launch_tool(main, parser.parse_args())

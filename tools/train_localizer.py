@@ -12,17 +12,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnet_det.engine import default_argument_parser, default_setup, launch, setup_cfg  # noqa: E402
+from resnet_det.engine import default_argument_parser, default_setup  # noqa: E402
+from resnet_det.engine.defaults import launch_tool, setup_cfg_or_exit  # noqa: E402
 from resnet_det.engine.run import run_detection  # noqa: E402
 from resnet_det.localization import LocalizerTrainer  # noqa: E402
 
 
 def main(args):
-    cfg = setup_cfg(args)
+    cfg = setup_cfg_or_exit(args)
     default_setup(cfg, args)
     return run_detection(cfg, args, LocalizerTrainer)
 
 
 if __name__ == "__main__":
-    args = default_argument_parser("resnet_det ImageNet localization (Appendix C)").parse_args()
-    launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+    launch_tool(main, default_argument_parser("resnet_det ImageNet localization (Appendix C)").parse_args())

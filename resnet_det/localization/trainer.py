@@ -62,17 +62,11 @@ class LocalizerTrainer(Trainer):
 
         return LocalizationEvaluator(k=(1, 5))
 
-    def resume_or_load(self, resume: bool = True) -> None:
-        """As Trainer's, but MODEL.WEIGHTS may be classification weights (loaded into the backbone
-        and fc, see load_localizer_weights) as well as a Localizer checkpoint."""
-        state = self.checkpointer.resume() if resume else None
-        if state is not None:
-            self.start_iter = state["iteration"] + 1
-            self.best = state.get("best")
-            self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
-        elif self.cfg.MODEL.WEIGHTS:
-            self.weights_report = load_localizer_weights(self.model, self.cfg.MODEL.WEIGHTS)
-            if not self.weights_report["loaded"]:
-                raise ValueError(f"MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS!r}: no tensor matched the Localizer "
-                                 f"(unused: {self.weights_report['unused'][:5]} ...); expected classification "
-                                 "ResNet weights (torchvision/detectron2/MSRA names) or a Localizer checkpoint")
+    def load_initial_weights(self, path: str) -> None:
+        """MODEL.WEIGHTS may be classification weights (loaded into the backbone and fc, see
+        load_localizer_weights) as well as a Localizer checkpoint."""
+        self.weights_report = load_localizer_weights(self.model, path)
+        if not self.weights_report["loaded"]:
+            raise ValueError(f"MODEL.WEIGHTS {path!r}: no tensor matched the Localizer "
+                             f"(unused: {self.weights_report['unused'][:5]} ...); expected classification "
+                             "ResNet weights (torchvision/detectron2/MSRA names) or a Localizer checkpoint")
