@@ -23,6 +23,10 @@ _C.MODEL.PIXEL_STD = [57.375, 57.12, 58.395]
 _C.MODEL.COMPILE = False
 # Store activations as channels_last (NHWC); faster for convolutions on most CPUs and on GPUs.
 _C.MODEL.CHANNELS_LAST = False
+# Fold each FrozenBN (and eval-mode BN) into the conv before it: conv(x, W * s) + b, the same function
+# in one pass instead of three; gradients still reach W. State_dict keys are unchanged. See
+# resnet_det/modeling/fast.py and benchmarks/RESULTS.md.
+_C.MODEL.FUSE_FROZEN_BN = True
 
 _C.MODEL.BACKBONE = CN()
 # Registered builder name: build_resnet_backbone (C4), build_resnet_fpn_backbone, or your own.
@@ -243,3 +247,6 @@ _C.OUTPUT_DIR = "./output"
 _C.SEED = 0
 # Logging period in iterations.
 _C.LOG_PERIOD = 20
+# cudnn.benchmark: search the fastest conv algorithm per input shape (GPU). Off by default because
+# multi-scale detection training sees many shapes, each costing a search.
+_C.CUDNN_BENCHMARK = False
