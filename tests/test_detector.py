@@ -215,3 +215,14 @@ def test_default_predictor_returns_named_classes():
     assert inst["boxes"].shape[1] == 4 and len(inst["scores"]) == len(inst["pred_classes"])
     with pytest.raises(ValueError, match="HxWx3"):
         predictor(np.zeros((10, 10), np.uint8))
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+def test_every_depth_builds_c4_and_fpn_with_matching_res5_head(depth):
+    c4 = build_model(tiny_c4(depth))
+    body, head = c4.backbone.body, c4.roi_heads.box_head.res5
+    assert not hasattr(body, "layer4")  # C4: res5 lives in the box head only
+    assert len(head) == {18: 2, 34: 3, 50: 3, 101: 3, 152: 3}[depth]
+    assert head[0].conv1.in_channels == body.output_shape()["res4"].channels
+    fpn = build_model(make_cfg("Base-RCNN-FPN.yaml", "MODEL.RESNETS.DEPTH", depth, "MODEL.ROI_HEADS.NUM_CLASSES", 3))
+    assert set(fpn.backbone.output_shape()) == {"p2", "p3", "p4", "p5", "p6"}

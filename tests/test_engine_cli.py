@@ -104,3 +104,18 @@ def test_batch_scaling_of_lr_and_schedule():
     cfg.SOLVER.WARMUP_ITERS = 100
     assert lr_factor(cfg, 0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
     assert lr_factor(cfg, 100) == 1.0 and lr_factor(cfg, 240000 * 4) == pytest.approx(0.1)
+
+
+def test_runs_under_torchrun(tmp_path, shapes_root):
+    import subprocess
+    import sys
+
+    out = tmp_path / "trun"
+    env = {**os.environ, "RESNET_DET_DATASETS": shapes_root, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          os.path.join(REPO, "tools", "train_net.py"), "--config-file", DEMO_CONFIG, *TINY_OPTS,
+                          "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", "MODEL.RESNETS.NORM", "FrozenBN",
+                          "DATASETS.TEST", "()", "VIS.NUM_IMAGES", "0"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "world size 2" in res.stdout and "All 2 ranks hold identical weights" in res.stdout
