@@ -8,6 +8,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from ..backbone.backbone import ShapeSpec
 from ..backbone.blocks import init_weights
 from ..backbone.resnet import build_stage, check_depth
+from .pooling import ParallelMultiScaleRoIAlign
 
 
 class Res5ROIHead(nn.Module):
@@ -102,8 +103,8 @@ def build_box_pooler(cfg, shapes: dict[str, ShapeSpec]) -> nn.Module:
         if len(names) != 1:
             raise ValueError("POOLER_TYPE ROIPool reads one feature map; use ROIAlign for FPN levels")
         return ROIPool(names[0], head.POOLER_RESOLUTION, shapes[names[0]].stride)
-    return MultiScaleRoIAlign(featmap_names=names, output_size=head.POOLER_RESOLUTION,
-                              sampling_ratio=head.POOLER_SAMPLING_RATIO)
+    pooler = ParallelMultiScaleRoIAlign if cfg.MODEL.PARALLEL_ROI_ALIGN else MultiScaleRoIAlign
+    return pooler(featmap_names=names, output_size=head.POOLER_RESOLUTION, sampling_ratio=head.POOLER_SAMPLING_RATIO)
 
 
 def build_box_head(cfg, shapes: dict[str, ShapeSpec], backbone_kwargs: dict) -> nn.Module:
