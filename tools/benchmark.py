@@ -286,6 +286,7 @@ def build_demo_train(spec) -> Callable:
 
     cfg = data_cfg(spec)
     cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.MODEL.PARALLEL_ROI_ALIGN = IMPLS[spec["impl"]].get("par", False)
     loader = iter(build_detection_train_loader(cfg))
     batches = [next(loader) for _ in range(4)]
     torch.manual_seed(0)
