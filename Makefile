@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-slow bench install clean
 
 $(STAMP): setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 --durations=15 tests
+
+# Opt-in long checks (not in CI): the pretraining hand-off comparison, ~12 minutes on 2 cores.
+test-slow: $(STAMP)
+	RESNET_DET_SLOW=1 $(VPY) -m pytest -q -rs tests/test_pretrain_handoff.py
 
 bench: $(STAMP)
 	$(VPY) tools/benchmark.py --output benchmarks/results_cpu

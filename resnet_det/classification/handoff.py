@@ -57,7 +57,7 @@ def finetune(output_dir: str, weights: str, iterations: int, seed: int, extra: l
     return trainer.train()
 
 
-def run_handoff_study(output_dir: str, pretrain_iters: int = 600, det_iters: int = 400, seed: int = 0,
+def run_handoff_study(output_dir: str, pretrain_iters: int = 1500, det_iters: int = 300, seed: int = 0,
                       pretrain_opts: list = (), det_opts: list = ()) -> dict:
     """Writes handoff.json and handoff.md in ``output_dir``; returns the summary."""
     t0 = time.perf_counter()
