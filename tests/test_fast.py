@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 import torchvision
-from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from engine_utils import pretrained_like
 from resnet_det.config import get_cfg
 from resnet_det.modeling.backbone.resnet import ResNet
 from resnet_det.modeling.detector import build_model
@@ -18,20 +18,6 @@ from resnet_det.modeling.fast import (DeviceMeter, FoldedConv2d, apply_fast_path
                                       unfold_frozen_bn)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def pretrained_like(model, seed=0):
-    """Non-trivial norm statistics, so that a wrong fold cannot pass by being the identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                n = m.running_mean.numel()
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.3)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.2)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-    return model
 
 
 def net(depth=18, norm="FrozenBN", **kw):
