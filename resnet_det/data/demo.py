@@ -113,6 +113,12 @@ def ensure_shapes_dataset(dirname: str, **kwargs) -> str:
     return dirname
 
 
+def _shape_kinds(num_classes: int) -> tuple:
+    if num_classes > len(SHAPE_KINDS):
+        raise ValueError(f"num_classes={num_classes}: at most {len(SHAPE_KINDS)} shape kinds ({SHAPE_KINDS})")
+    return SHAPE_KINDS[:num_classes]
+
+
 def make_classification_set(root: str, num_classes: int = 10, train_per_class: int = 100,
                             val_per_class: int = 20, image_size: int = 32, seed: int = 0) -> str:
     """ImageNet-style folders ``<root>/{train,val}/<class>/<i>.png`` of one shape per image.
@@ -120,11 +126,9 @@ def make_classification_set(root: str, num_classes: int = 10, train_per_class: i
     Shapes are drawn at twice the size and downsampled (area), so small images keep clean edges.
     Returns ``root``; an existing ``root`` is left alone.
     """
-    if num_classes > len(SHAPE_KINDS):
-        raise ValueError(f"num_classes={num_classes}: at most {len(SHAPE_KINDS)} shape kinds ({SHAPE_KINDS})")
+    kinds = _shape_kinds(num_classes)
     if os.path.isdir(root):
         return root
-    kinds = SHAPE_KINDS[:num_classes]
 
     def write(tmp):
         for split, per_class in (("train", train_per_class), ("val", val_per_class)):
@@ -170,11 +174,9 @@ def make_localization_set(root: str, num_classes: int = 5, train_per_class: int 
     Each image has one or two shapes of its folder's class and distractors. The class names are in
     ``<root>/LOC_synset_mapping.txt`` ("<wnid> <name>" per line, like ILSVRC's). Returns ``root``.
     """
-    if num_classes > len(SHAPE_KINDS):
-        raise ValueError(f"num_classes={num_classes}: at most {len(SHAPE_KINDS)} shape kinds ({SHAPE_KINDS})")
+    kinds = _shape_kinds(num_classes)
     if os.path.isdir(root):
         return root
-    kinds = SHAPE_KINDS[:num_classes]
 
     def write(tmp):
         with open(os.path.join(tmp, "LOC_synset_mapping.txt"), "w", encoding="utf-8") as f:
