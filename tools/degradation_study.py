@@ -36,12 +36,16 @@ def main(argv=None):
     p.add_argument("--train-per-class", type=int, default=300, help="demo data: training images per class")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--output", default="output/degradation_study")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                   help="config overrides for every net, e.g. SOLVER.WARMUP_ITERS 100 (configs/cifar10 keys)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     settings = StudySettings(depths=tuple(args.depths), iterations=args.iterations, batch_size=args.batch_size,
                              base_lr=args.lr, eval_period=args.eval_period, val_images=args.val_images,
-                             seed=args.seed)
+                             seed=args.seed, extra=dict(zip(args.opts[::2], args.opts[1::2])))
+    if len(args.opts) % 2:
+        p.error(f"--opts takes KEY VALUE pairs; got {args.opts}")
     data = prepare_study_data(args.data, train_per_class=args.train_per_class)
     summary = run_study(settings, data, args.output)
     print(open(os.path.join(args.output, "summary.md"), encoding="utf-8").read())

@@ -47,7 +47,7 @@ class StudySettings:
     val_images: int = 500             # validation images scored at each evaluation (and for Fig. 7)
     seed: int = 0
     kinds: tuple = ("plain", "resnet")
-    extra: dict = field(default_factory=dict)  # MODEL/INPUT config overrides, "KEY": value
+    extra: dict = field(default_factory=dict)  # config overrides for every net, "KEY": value
 
 
 def study_cfg(settings: StudySettings, output_dir: str, depth: int, plain: bool):
