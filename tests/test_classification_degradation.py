@@ -7,7 +7,7 @@ import torch
 
 from resnet_det.classification import Classifier
 from resnet_det.classification.degradation import (StudySettings, findings, prepare_study_data, response_layers,
-                                                   response_stds, run_study)
+                                                   response_stds, run_study, study_cfg)
 from resnet_det.modeling.backbone import CifarResNet
 
 
@@ -67,4 +67,14 @@ def test_tiny_study_writes_curves_figures_and_summary(datasets_root, tmp_path):
         assert (tmp_path / f).stat().st_size > 1000 if f.endswith(".png") else (tmp_path / f).is_file()
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert set(saved["findings"]) >= {"deeper_plain_trains_worse", "deeper_resnet_trains_better"}
-    assert "| resnet-14 |" in (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text()
+    assert "| resnet-14 |" in text and "warm-up 100 iterations from x0.1" in text
+
+
+def test_study_cfg_is_the_cifar_recipe_with_the_study_warmup(tmp_path):
+    cfg = study_cfg(StudySettings(), str(tmp_path), 56, plain=True)
+    assert cfg.MODEL.CLASSIFIER.CIFAR_DEPTH == 56 and cfg.MODEL.RESNETS.PLAIN and cfg.MODEL.RESNETS.SHORTCUT == "A"
+    assert (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR, cfg.SOLVER.BASE_LR) == (100, 0.1, 0.1)
+    assert tuple(cfg.SOLVER.STEPS) == (360, 510)
+    off = study_cfg(StudySettings(warmup_iters=0, extra={"SOLVER.WEIGHT_DECAY": 5e-4}), str(tmp_path), 20, False)
+    assert off.SOLVER.WARMUP_ITERS == 0 and off.SOLVER.WEIGHT_DECAY == 5e-4

@@ -28,6 +28,8 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=d.iterations)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.base_lr)
+    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters, help="linear warm-up; 0 = none")
+    p.add_argument("--warmup-factor", type=float, default=d.warmup_factor, help="warm-up starts at lr x this")
     p.add_argument("--eval-period", type=int, default=d.eval_period)
     p.add_argument("--val-images", type=int, default=d.val_images)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -37,12 +39,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--output", default="output/degradation_study")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
-                   help="config overrides for every net, e.g. SOLVER.WARMUP_ITERS 100 (configs/cifar10 keys)")
+                   help="config overrides for every net, e.g. SOLVER.WEIGHT_DECAY 5e-4 (configs/cifar10 keys)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     settings = StudySettings(depths=tuple(args.depths), iterations=args.iterations, batch_size=args.batch_size,
-                             base_lr=args.lr, eval_period=args.eval_period, val_images=args.val_images,
+                             base_lr=args.lr, warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor,
+                             eval_period=args.eval_period, val_images=args.val_images,
                              seed=args.seed, extra=dict(zip(args.opts[::2], args.opts[1::2])))
     if len(args.opts) % 2:
         p.error(f"--opts takes KEY VALUE pairs; got {args.opts}")

@@ -66,7 +66,8 @@ def summary_markdown(summary: dict) -> str:
     s = summary["settings"]
     lines = ["# Degradation study (plain vs residual, Figs. 4/6/7)", "",
              f"Data: `{summary['data_root']}`; {s['iterations']} iterations, batch {s['batch_size']}, lr "
-             f"{s['base_lr']} (/10 at {', '.join(str(int(f * s['iterations'])) for f in s['lr_steps'])}), "
+             f"{s['base_lr']} (/10 at {', '.join(str(int(f * s['iterations'])) for f in s['lr_steps'])}; "
+             f"warm-up {s.get('warmup_iters', 0)} iterations from x{s.get('warmup_factor', 1)}), "
              f"seed {s['seed']}" + (f"; overrides {s['extra']}" if s.get("extra") else "") + ".", "",
              "| net | train err, last window (%) | train err, eval mode (%) | val err (%) "
              "| mean response std | time (s) |",
