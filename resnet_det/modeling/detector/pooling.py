@@ -43,6 +43,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 def _run_parallel(fn, chunks: list) -> list:
     """fn(chunk) for every chunk, the first in the calling thread and the rest in the pool."""
+    if len(chunks) == 1:  # e.g. one RoI carrying nearly all the sampling work
+        return [fn(chunks[0])]
     futures = [_executor(len(chunks) - 1).submit(fn, c) for c in chunks[1:]]
     first = fn(chunks[0])
     return [first] + [f.result() for f in futures]
