@@ -70,13 +70,14 @@ def test_chunks_cover_every_roi_once_with_balanced_work():
     rois = torch.tensor([[0, 0, 0, 700, 700]] + [[0, 0, 0, 7, 7]] * 20, dtype=torch.float32)
     runs = pooling._chunks(rois, torch.zeros(21, dtype=torch.int64), [1.0], (7, 7), 0, parts=2)
     assert [sum(len(i) for _, i in r) for r in runs] == [1, 20]
-    # ... and when that RoI comes last, all work may fall into one run: pooling must still work.
+    # ... also when it comes last (the split takes the closer edge, not always the one after).
     rois = torch.tensor([[0, 0, 0, 7, 7]] * 70 + [[0, 0, 0, 900, 900]], dtype=torch.float32)
     levels = torch.zeros(71, dtype=torch.int64)
-    assert len(pooling._chunks(rois, levels, [1.0], (7, 7), 0, parts=2)) == 1
+    assert [sum(len(i) for _, i in r) for r in pooling._chunks(rois, levels, [1.0], (7, 7), 0, parts=2)] == [70, 1]
     feat = torch.randn(1, 4, 32, 32)
     out = pooling._ParallelRoIAlign.apply(rois, levels, [1.0], (7, 7), 0, 2, feat)
     assert torch.equal(out, roi_align(feat, rois, 7, 1.0, 0))
+    assert pooling._run_parallel(lambda c: c * 2, [3]) == [6]  # a single chunk runs inline
 
 
 def test_falls_back_to_torchvision_where_it_must(two_threads, monkeypatch):

@@ -41,14 +41,14 @@ def main(argv=None):
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
                    help="config overrides for every net, e.g. SOLVER.WEIGHT_DECAY 5e-4 (configs/cifar10 keys)")
     args = p.parse_args(argv)
+    if len(args.opts) % 2:
+        p.error(f"--opts takes KEY VALUE pairs; got {args.opts}")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     settings = StudySettings(depths=tuple(args.depths), iterations=args.iterations, batch_size=args.batch_size,
                              base_lr=args.lr, warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor,
                              eval_period=args.eval_period, val_images=args.val_images,
                              seed=args.seed, extra=dict(zip(args.opts[::2], args.opts[1::2])))
-    if len(args.opts) % 2:
-        p.error(f"--opts takes KEY VALUE pairs; got {args.opts}")
     data = prepare_study_data(args.data, train_per_class=args.train_per_class)
     summary = run_study(settings, data, args.output)
     print(open(os.path.join(args.output, "summary.md"), encoding="utf-8").read())

@@ -75,9 +75,11 @@ def _chunks(rois: Tensor, levels: Tensor, scales: list[float], output_size: tupl
         h = ((r[:, 4] - r[:, 2]) * scale).clamp(min=1) / output_size[0]
         w = ((r[:, 3] - r[:, 1]) * scale).clamp(min=1) / output_size[1]
         cost = h.ceil() * w.ceil()
-    cum = cost.cumsum(0)
-    bounds = torch.searchsorted(cum, cum[-1] * torch.arange(1, parts, dtype=torch.float64) / parts).tolist()
-    edges = sorted({0, *[min(b + 1, len(order)) for b in bounds], len(order)})
+    cum = torch.cat([cost.new_zeros(1), cost.cumsum(0)])  # cum[i]: work of the first i RoIs
+    targets = cum[-1] * torch.arange(1, parts, dtype=torch.float64) / parts
+    hi = torch.searchsorted(cum, targets).clamp(max=len(order))  # first edge with cum >= target
+    closer = (cum[hi] - targets) <= (targets - cum[(hi - 1).clamp(min=0)])  # or the edge just before
+    edges = sorted({0, *torch.where(closer, hi, hi - 1).clamp(min=0).tolist(), len(order)})
     sorted_levels = levels[order]
     runs = []
     for a, b in zip(edges[:-1], edges[1:]):
