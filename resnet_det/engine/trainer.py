@@ -7,12 +7,11 @@ import math
 import signal
 import threading
 import time
-from collections import defaultdict
 
 import torch
 from torch import nn
 
-from ..modeling.fast import configure_backends
+from ..modeling.fast import DeviceMeter, configure_backends
 from ..utils import comm
 from ..utils.events import MetricsWriter, ProgressPrinter
 from .checkpoint import Checkpointer, load_model_weights
@@ -135,21 +134,20 @@ class Trainer:
         logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
         results: dict = {}
         data = iter(self.build_train_loader(cfg, start_iter=self.start_iter))
-        window: dict[str, list[float]] = defaultdict(list)
+        meter = DeviceMeter()  # loss averages stay on the device until a log step: no per-step sync
         self.model.train()
         try:
             it = self.start_iter - 1
             for it in range(self.start_iter, self.max_iter):
-                self.run_step(it, data, window)
+                self.run_step(it, data, meter)
                 last = it == self.max_iter - 1
                 if writer and ((it + 1) % cfg.LOG_PERIOD == 0 or last or self._stop.is_set()):
-                    metrics = {k: sum(v) / len(v) for k, v in window.items()}
+                    metrics = meter.averages()
                     metrics["lr"] = self.optimizer.param_groups[0]["lr"]
                     metrics["nonfinite_skipped"] = self.nonfinite_skipped
                     metrics["skipped_images"] = self.skipped_images()
                     writer.write(it, metrics)
                     printer.log(it, metrics)
-                    window.clear()
                 if self._stop.is_set():
                     self.save(f"model_{it:07d}", it)
                     logger.warning("Interrupted at iteration %d: checkpoint written; continue with --resume", it)
@@ -169,7 +167,7 @@ class Trainer:
                 writer.close()
         return results
 
-    def run_step(self, it: int, data, window: dict) -> None:
+    def run_step(self, it: int, data, meter: DeviceMeter) -> None:
         t0 = time.perf_counter()
         batch = next(data)
         data_time = time.perf_counter() - t0
@@ -199,12 +197,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        for k, v in values.items():
-            window[k].append(float(v))
-        window["total_loss"].append(float(total.detach()))
-        window["grad_norm"].append(float(grad_norm))
-        window["time"].append(time.perf_counter() - t0)
-        window["data_time"].append(data_time)
+        meter.add({**values, "total_loss": total.detach(), "grad_norm": grad_norm,
+                   "time": time.perf_counter() - t0, "data_time": data_time})
 
     def skipped_images(self) -> int:
         """Bad images skipped so far under DATALOADER.ON_BAD_IMAGE=skip (listed in OUTPUT_DIR)."""
