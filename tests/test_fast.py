@@ -222,3 +222,20 @@ def test_device_meter_averages_without_per_step_sync():
     meter.add({"loss": torch.tensor(3.0), "time": 1.5})
     assert meter.averages() == {"loss": 2.0, "time": 1.0}
     assert meter.averages() == {}  # reset after reading
+
+
+def test_every_builder_applies_channels_last_itself():
+    """MODEL.CHANNELS_LAST lives in the builders (the trainer, predictor and eval-only paths share them)."""
+    from resnet_det.classification import build_classifier
+    from resnet_det.localization.model import build_localizer
+
+    cls = get_cfg()
+    cls.merge_from_file(os.path.join(REPO, "configs", "demo", "cls_r18_demo.yaml"))
+    cls.merge_from_list(["MODEL.CHANNELS_LAST", True, "INPUT.MEAN_MODE", "per_channel"])
+    loc = get_cfg()
+    loc.merge_from_file(os.path.join(REPO, "configs", "demo", "loc_R-18_demo.yaml"))
+    loc.MODEL.CHANNELS_LAST = True
+    for model in (build_classifier(cls).net, build_localizer(loc).net, build_model(detector_cfg("Base-RCNN-C4.yaml"))):
+        conv1 = getattr(model, "backbone", None)
+        weight = (conv1.body.conv1 if conv1 is not None else model.conv1).weight
+        assert weight.is_contiguous(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.backbone import CifarResNet, ResNet
+from ..modeling.fast import to_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,9 @@ def build_classifier(cfg, mean_image=None) -> Classifier:
     if cfg.INPUT.MEAN_MODE != "per_pixel":
         mean_image = None
     protocol = cfg.TEST.CLS_PROTOCOL
-    return Classifier(build_net(cfg), list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD), mean_image,
-                      test_sizes=cfg.TEST.MULTISCALE_SIZES if protocol == "multiscale" else None)
+    model = Classifier(build_net(cfg), list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD), mean_image,
+                       test_sizes=cfg.TEST.MULTISCALE_SIZES if protocol == "multiscale" else None)
+    return to_channels_last(model) if cfg.MODEL.CHANNELS_LAST else model
 
 
 def load_classifier_weights(model: Classifier, path: str) -> dict:

@@ -51,9 +51,7 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg)
         configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (resnet_det/modeling/fast.py)
-        model = self.build_model(cfg).to(self.device)
-        if cfg.MODEL.CHANNELS_LAST:
-            model = model.to(memory_format=torch.channels_last)
+        model = self.build_model(cfg).to(self.device)  # builders apply MODEL.CHANNELS_LAST themselves
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         if comm.get_world_size() > 1:

@@ -25,6 +25,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 
 from ..modeling.backbone import ResNet, resnet_kwargs_from_cfg
 from ..modeling.backbone.build import warn_frozen_random_init
+from ..modeling.fast import to_channels_last
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +224,11 @@ def build_localizer(cfg) -> Localizer:
     net = ResNet(num_classes=k, out_features=list(dict.fromkeys([feat, "res5"])), **resnet_kwargs_from_cfg(cfg))
     anchors = cell_anchors(sizes[0], ratios[0])
     head = PerClassRPNHead(net._specs[feat].channels, k, len(anchors), m.LOCALIZER.HEAD_CHANNELS)
-    return Localizer(net, head, anchors, in_feature=feat, pixel_mean=list(m.PIXEL_MEAN),
-                     pixel_std=list(m.PIXEL_STD), iou_thresholds=tuple(m.RPN.IOU_THRESHOLDS),
-                     batch_size_per_image=m.RPN.BATCH_SIZE_PER_IMAGE, positive_fraction=m.RPN.POSITIVE_FRACTION,
-                     box_loss_weight=m.LOCALIZER.BOX_LOSS_WEIGHT, test_size=cfg.INPUT.TEST_RESIZE)
+    model = Localizer(net, head, anchors, in_feature=feat, pixel_mean=list(m.PIXEL_MEAN),
+                      pixel_std=list(m.PIXEL_STD), iou_thresholds=tuple(m.RPN.IOU_THRESHOLDS),
+                      batch_size_per_image=m.RPN.BATCH_SIZE_PER_IMAGE, positive_fraction=m.RPN.POSITIVE_FRACTION,
+                      box_loss_weight=m.LOCALIZER.BOX_LOSS_WEIGHT, test_size=cfg.INPUT.TEST_RESIZE)
+    return to_channels_last(model) if m.CHANNELS_LAST else model
 
 
 def load_localizer_weights(model: Localizer, path: str) -> dict:
