@@ -3,10 +3,6 @@ import os
 import subprocess
 import sys
 
-import torch
-from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
-
 from resnet_det.config import get_cfg
 from resnet_det.data import generate_shapes_dataset
 
@@ -42,17 +38,3 @@ def run_train_net(args, env_root: str, timeout=300, **kw) -> subprocess.Complete
     env = {**os.environ, "RESNET_DET_DATASETS": env_root, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kw)
-
-
-def pretrained_like(model, seed=0):
-    """Non-trivial norm statistics, so that a wrong fold cannot pass by being the identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                n = m.running_mean.numel()
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.3)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.2)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-    return model

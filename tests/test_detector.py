@@ -7,12 +7,12 @@ import pytest
 import torch
 import torchvision
 
-from engine_utils import pretrained_like
 from resnet_det.config import get_cfg
 from resnet_det.engine import DefaultPredictor, load_model_weights
 from resnet_det.engine.checkpoint import adopt_weight_conventions
 from resnet_det.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from resnet_det.modeling.detector import build_model
+from resnet_det.utils.benchmark import pretrained_like_norms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,7 @@ def test_reproduces_torchvision_fasterrcnn_resnet50_fpn():
         weights=None, weights_backbone=None, num_classes=91, min_size=160, max_size=256).eval()
     # ImageNet-like FrozenBN statistics: at torchvision's identity init, random-weight RPN scores are
     # near-ties whose order float rounding (the NHWC fast path of the shipped config) can flip.
-    pretrained_like(tv)
+    pretrained_like_norms(tv)
     with torch.no_grad():  # a random head predicts background only; shift the class bias so boxes appear
         tv.roi_heads.box_predictor.cls_score.bias[1:] += 3.0
     cfg = make_cfg("Base-RCNN-FPN.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", 90, "INPUT.MIN_SIZE_TEST", 160,

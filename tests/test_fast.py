@@ -9,20 +9,20 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
-from engine_utils import pretrained_like
 from resnet_det.config import get_cfg
 from resnet_det.modeling.backbone.resnet import ResNet
 from resnet_det.modeling.detector import build_model
 from resnet_det.modeling.detector.pooling import ParallelMultiScaleRoIAlign
 from resnet_det.modeling.fast import (DeviceMeter, FoldedConv2d, apply_fast_path, fold_frozen_bn, to_channels_last,
                                       unfold_frozen_bn)
+from resnet_det.utils.benchmark import pretrained_like_norms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def net(depth=18, norm="FrozenBN", **kw):
     torch.manual_seed(0)
-    return pretrained_like(ResNet(depth, norm=norm, num_classes=10, **kw))
+    return pretrained_like_norms(ResNet(depth, norm=norm, num_classes=10, **kw))
 
 
 def assert_rel_close(a, b, tol=1e-4, msg=""):
@@ -48,7 +48,7 @@ def test_fold_counts_and_keeps_state_dict(depth, pairs):
 
 
 def test_folded_forward_equals_torchvision():
-    tv = pretrained_like(torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d, num_classes=10)).eval()
+    tv = pretrained_like_norms(torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d, num_classes=10)).eval()
     ours = ResNet(18, norm="FrozenBN", num_classes=10)
     ours.load_state_dict(tv.state_dict())
     fold_frozen_bn(ours)
@@ -100,7 +100,7 @@ def test_batchnorm_folds_only_in_eval_and_tracks_new_statistics():
 
 
 def test_load_state_dict_after_fold_and_unfold():
-    fast, other = net(18), pretrained_like(net(18), seed=5)
+    fast, other = net(18), pretrained_like_norms(net(18), seed=5)
     fold_frozen_bn(fast)
     with torch.no_grad():
         fast.eval()(x())  # fill the cache with the old weights
@@ -168,7 +168,7 @@ def test_detector_switches_equal_outputs_and_losses(base, head):
         torch.manual_seed(0)
         models[name] = build_model(detector_cfg(base, *opts))
     plain, fast = models["plain"], models["fast"]
-    pretrained_like(plain)
+    pretrained_like_norms(plain)
     fast.load_state_dict(plain.state_dict())  # loading after build_model's fold is fine
     assert plain.state_dict().keys() == fast.state_dict().keys()
     assert not any(isinstance(m, FoldedConv2d) for m in plain.modules())

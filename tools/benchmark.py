@@ -17,7 +17,6 @@ vs fast path); (3) the training loader's images/s vs the model's step rate; (4) 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -33,7 +32,8 @@ import torchvision  # noqa: E402
 from torchvision.ops import FrozenBatchNorm2d  # noqa: E402
 
 from resnet_det.modeling.fast import fold_frozen_bn, to_channels_last  # noqa: E402
-from resnet_det.utils.benchmark import machine_info, ratio, report_markdown, run_group  # noqa: E402
+from resnet_det.utils.benchmark import (machine_info, pretrained_like_norms, ratio, report_markdown,  # noqa: E402
+                                       run_group)
 
 # Random initialisation with frozen stages is expected here: silence that warning (probe processes too).
 logging.getLogger("resnet_det").setLevel(logging.ERROR)
@@ -56,19 +56,6 @@ SIZES = {
 IMPLS = {"torchvision": {}, "ours": dict(fold=False, cl=False), "ours+fold": dict(fold=True, cl=False),
          "ours+cl": dict(fold=False, cl=True), "ours+par": dict(fold=False, cl=False, par=True),
          "ours+fast": dict(fold=True, cl=True, par=True), "ours+fast+bf16": dict(fold=True, cl=True, par=True, amp=True)}
-
-
-def seeded_frozen_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    """Pretrained-like FrozenBN statistics (not the identity), so folding is really exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
-                n = m.running_mean.numel()
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.3 + 0.2)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def speed_up(model, impl: str):
@@ -98,7 +85,7 @@ def build_backbone(spec) -> Callable:
     dev, depth = torch.device(spec["device"]), spec["depth"]
     torch.manual_seed(0)
     tv = getattr(torchvision.models, f"resnet{depth}")(norm_layer=FrozenBatchNorm2d)
-    seeded_frozen_bn(tv)
+    pretrained_like_norms(tv)
     model = tv
     if spec["impl"] != "torchvision":
         model = ResNet(depth, norm="FrozenBN")
@@ -167,7 +154,7 @@ def torchvision_frcnn(spec):
     tv = FasterRCNN(backbone, num_classes=91, min_size=spec["det_min"], max_size=spec["det_max"],
                     rpn_pre_nms_top_n_train=train_n, rpn_post_nms_top_n_train=train_n, rpn_pre_nms_top_n_test=test_n,
                     rpn_post_nms_top_n_test=test_n, box_batch_size_per_image=rois)
-    seeded_frozen_bn(tv)
+    pretrained_like_norms(tv)
     with torch.no_grad():
         tv.roi_heads.box_predictor.cls_score.bias[1:4] += 6.0
     return tv
@@ -197,7 +184,7 @@ def build_detector(spec) -> Callable:
             "MODEL.PARALLEL_ROI_ALIGN", IMPLS[spec["impl"]].get("par", False),
             "MODEL.RPN.POST_NMS_TOPK_TEST", spec["c4_proposals"], "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
             spec["c4_rois"]))
-        seeded_frozen_bn(model)
+        pretrained_like_norms(model)
         with torch.no_grad():
             model.roi_heads.box_predictor.cls_score.bias[1:4] += 6.0
         num_classes = 80
