@@ -12,7 +12,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from resnet_det.config import get_cfg
 from resnet_det.modeling.backbone.resnet import ResNet
 from resnet_det.modeling.detector import build_model
-from resnet_det.modeling.detector.pooling import ParallelMultiScaleRoIAlign
+from resnet_det.modeling.detector.pooling import FastMultiScaleRoIAlign
 from resnet_det.modeling.fast import (DeviceMeter, FoldedConv2d, apply_fast_path, fold_frozen_bn, to_channels_last,
                                       unfold_frozen_bn)
 from resnet_det.utils.benchmark import pretrained_like_norms
@@ -162,9 +162,9 @@ def batch():
 @pytest.mark.parametrize("base,head", [("Base-RCNN-FPN.yaml", None), ("Base-RCNN-C4.yaml", "res5")])
 def test_detector_switches_equal_outputs_and_losses(base, head):
     models = {}
-    for name, opts in {"plain": ["MODEL.FUSE_FROZEN_BN", False, "MODEL.PARALLEL_ROI_ALIGN", False],
+    for name, opts in {"plain": ["MODEL.FUSE_FROZEN_BN", False, "MODEL.FAST_ROI_ALIGN", False],
                        "fast": ["MODEL.FUSE_FROZEN_BN", True, "MODEL.CHANNELS_LAST", True,
-                                "MODEL.PARALLEL_ROI_ALIGN", True]}.items():
+                                "MODEL.FAST_ROI_ALIGN", True]}.items():
         torch.manual_seed(0)
         models[name] = build_model(detector_cfg(base, *opts))
     plain, fast = models["plain"], models["fast"]
@@ -173,8 +173,8 @@ def test_detector_switches_equal_outputs_and_losses(base, head):
     assert plain.state_dict().keys() == fast.state_dict().keys()
     assert not any(isinstance(m, FoldedConv2d) for m in plain.modules())
     assert isinstance(fast.backbone.body.conv1, FoldedConv2d)
-    assert isinstance(fast.roi_heads.box_roi_pool, ParallelMultiScaleRoIAlign)
-    assert not isinstance(plain.roi_heads.box_roi_pool, ParallelMultiScaleRoIAlign)
+    assert isinstance(fast.roi_heads.box_roi_pool, FastMultiScaleRoIAlign)
+    assert not isinstance(plain.roi_heads.box_roi_pool, FastMultiScaleRoIAlign)
     if head:  # the C4 per-region res5 head is folded too
         assert isinstance(fast.roi_heads.box_head.res5[0].conv1, FoldedConv2d)
     with torch.no_grad():

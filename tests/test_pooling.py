@@ -1,31 +1,27 @@
-"""ParallelMultiScaleRoIAlign against its oracle, torchvision's MultiScaleRoIAlign: the same pooled
-features bit for bit, the same feature gradients up to summation order, on FPN levels (fixed sampling)
-and on one C4 map (adaptive sampling), in training and in inference mode, with threads forced to 2."""
+"""FastMultiScaleRoIAlign / roi_align_gather against their oracle, torchvision's MultiScaleRoIAlign and
+roi_align: the same pooled features and feature gradients within float rounding, on FPN levels (fixed
+sampling) and one C4 map (adaptive sampling, several sampling grids), aligned or not, NCHW or
+channels_last, in training and inference mode; and FCHead reading the channels_last result."""
 import pytest
 import torch
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from resnet_det.modeling.detector import pooling
-from resnet_det.modeling.detector.pooling import ParallelMultiScaleRoIAlign
+from resnet_det.modeling.detector.heads import FCHead
+from resnet_det.modeling.detector.pooling import FastMultiScaleRoIAlign, roi_align_gather
 
 SHAPES = [(200, 260), (180, 256)]
+TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
-def inputs(names, strides, num_rois=(150, 90), seed=0):
+def inputs(names, strides, num_rois=(150, 90), seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    feats = {n: torch.randn(2, 8, 256 // s, 272 // s, generator=g, requires_grad=True) for n, s in zip(names, strides)}
+    feats = {n: torch.randn(2, 8, 256 // s, 272 // s, generator=g, dtype=dtype, requires_grad=True)
+             for n, s in zip(names, strides)}
     boxes = []
     for n in num_rois:  # tiny to image-sized boxes, so that every FPN level gets RoIs; some leave the image
-        xy = torch.rand(n, 2, generator=g) * 240 - 10
-        wh = torch.rand(n, 2, generator=g) ** 2 * 640 + 0.5
+        xy = torch.rand(n, 2, generator=g, dtype=dtype) * 240 - 10
+        wh = torch.rand(n, 2, generator=g, dtype=dtype) ** 2 * 640 + 0.5
         boxes.append(torch.cat([xy, xy + wh], 1))
     return feats, boxes
 
@@ -34,78 +30,94 @@ def pool_and_grad(pooler, feats, boxes):
     for f in feats.values():
         f.grad = None
     out = pooler(feats, boxes, SHAPES)
-    weight = torch.linspace(-1, 1, out.numel()).view_as(out)  # a non-uniform upstream gradient
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)  # a non-uniform upstream gradient
     (out * weight).sum().backward()
     return out.detach(), {k: f.grad.clone() for k, f in feats.items()}
 
 
 @pytest.mark.parametrize("names,strides,sampling", [(["p2", "p3", "p4", "p5"], [4, 8, 16, 32], 2),
                                                     (["res4"], [16], 0)])
-def test_equals_torchvision_forward_backward_and_inference(two_threads, names, strides, sampling):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_equals_torchvision_forward_backward_and_inference(names, strides, sampling, channels_last):
     feats, boxes = inputs(names, strides)
+    if channels_last:
+        feats = {k: v.detach().to(memory_format=torch.channels_last).requires_grad_() for k, v in feats.items()}
     ref = MultiScaleRoIAlign(names, 7, sampling)
-    par = ParallelMultiScaleRoIAlign(names, 7, sampling)
-    assert par._parallel_parts(list(feats.values()), boxes) == 2  # the parallel path really runs
+    fast = FastMultiScaleRoIAlign(names, 7, sampling)
     out_ref, grad_ref = pool_and_grad(ref, feats, boxes)
-    out_par, grad_par = pool_and_grad(par, feats, boxes)
-    assert torch.equal(out_par, out_ref)
+    out, grad = pool_and_grad(fast, feats, boxes)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, out_ref, **TOL)
     for k in grad_ref:
         assert grad_ref[k].abs().sum() > 0, k  # every level received RoIs
-        torch.testing.assert_close(grad_par[k], grad_ref[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(grad[k], grad_ref[k], **TOL, msg=k)
     with torch.inference_mode():
-        assert torch.equal(par(feats, boxes, SHAPES), ref(feats, boxes, SHAPES))
-    cl = {k: v.detach().to(memory_format=torch.channels_last) for k, v in feats.items()}
-    assert torch.equal(par(cl, boxes, SHAPES), out_ref)
+        torch.testing.assert_close(fast(feats, boxes, SHAPES), out_ref, **TOL)
 
 
-def test_chunks_cover_every_roi_once_with_balanced_work():
-    levels = torch.tensor([2, 0, 1, 0, 3, 1, 1, 0, 2, 2, 3, 0])
-    rois = torch.zeros(len(levels), 5)
-    runs = pooling._chunks(rois, levels, [1.0] * 4, (7, 7), 2, parts=3)
-    assert len(runs) == 3 and [sum(len(i) for _, i in r) for r in runs] == [4, 4, 4]
-    seen = torch.cat([idx for r in runs for _, idx in r])
-    assert sorted(seen.tolist()) == list(range(len(levels)))
-    assert all(bool((levels[idx] == lv).all()) for r in runs for lv, idx in r)
-    # Adaptive sampling: a large RoI costs more sampling points than small ones, so it gets its own run.
-    rois = torch.tensor([[0, 0, 0, 700, 700]] + [[0, 0, 0, 7, 7]] * 20, dtype=torch.float32)
-    runs = pooling._chunks(rois, torch.zeros(21, dtype=torch.int64), [1.0], (7, 7), 0, parts=2)
-    assert [sum(len(i) for _, i in r) for r in runs] == [1, 20]
-    # ... also when it comes last (the split takes the closer edge, not always the one after).
-    rois = torch.tensor([[0, 0, 0, 7, 7]] * 70 + [[0, 0, 0, 900, 900]], dtype=torch.float32)
-    levels = torch.zeros(71, dtype=torch.int64)
-    assert [sum(len(i) for _, i in r) for r in pooling._chunks(rois, levels, [1.0], (7, 7), 0, parts=2)] == [70, 1]
-    feat = torch.randn(1, 4, 32, 32)
-    out = pooling._ParallelRoIAlign.apply(rois, levels, [1.0], (7, 7), 0, 2, feat)
-    assert torch.equal(out, roi_align(feat, rois, 7, 1.0, 0))
-    assert pooling._run_parallel(lambda c: c * 2, [3]) == [6]  # a single chunk runs inline
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling", [0, 1, 3])
+def test_roi_align_gather_equals_roi_align_float64(aligned, sampling):
+    """One map, float64 (so any indexing slip shows far above rounding), boxes inside, across and
+    outside the map, and degenerate ones (zero or negative size: adaptive sampling gives them no
+    samples when aligned)."""
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 5, 23, 31, generator=g, dtype=torch.float64)
+    xy = torch.rand(60, 2, generator=g, dtype=torch.float64) * 40 - 6
+    wh = torch.rand(60, 2, generator=g, dtype=torch.float64) * 30
+    wh[:6] = torch.tensor([0.0, -2.0, 0.3, 0.0, 1.0, 0.0], dtype=torch.float64).view(6, 1)
+    rois = torch.cat([torch.randint(0, 2, (60, 1), generator=g).double(), xy, xy + wh], 1)
+    ref = roi_align(feat, rois, (4, 6), 0.5, sampling, aligned)
+    levels = torch.zeros(60, dtype=torch.int64)
+    out = roi_align_gather([feat], rois, levels, [0.5], (4, 6), sampling, aligned)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
-def test_falls_back_to_torchvision_where_it_must(two_threads, monkeypatch):
-    feats, boxes = inputs(["p2", "p3"], [4, 8])
-    par = ParallelMultiScaleRoIAlign(["p2", "p3"], 7, 2)
-    f = list(feats.values())
-    assert par._parallel_parts(f, [b[:20] for b in boxes]) == 1  # few RoIs
-    torch.set_num_threads(1)
-    assert par._parallel_parts(f, boxes) == 1  # one thread
-    torch.set_num_threads(2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert par._parallel_parts(f, boxes) == 1
-    calls = []
-    monkeypatch.setattr(pooling._ParallelRoIAlign, "apply", lambda *a: calls.append(a))
-    traced = torch.jit.trace(lambda x, y: par({"p2": x, "p3": y}, boxes, SHAPES), (f[0].detach(), f[1].detach()),
-                            check_trace=False)
-    assert not calls  # tracing records torchvision's ops, not the thread pool
-    ref = MultiScaleRoIAlign(["p2", "p3"], 7, 2)
-    assert torch.equal(traced(f[0].detach(), f[1].detach()), ref(feats, boxes, SHAPES).detach())
-
-
-def test_levels_without_rois_get_zero_gradients_like_torchvision(two_threads):
+def test_levels_without_rois_and_no_rois_at_all():
     names = ["p2", "p3", "p4", "p5"]
     feats, boxes = inputs(names, [4, 8, 16, 32])
     boxes = [b[:, :2].clamp(min=0).repeat(1, 2) + torch.tensor([0, 0, 20, 20]) for b in boxes]  # all on p2
     out_ref, grad_ref = pool_and_grad(MultiScaleRoIAlign(names, 7, 2), feats, boxes)
-    out_par, grad_par = pool_and_grad(ParallelMultiScaleRoIAlign(names, 7, 2), feats, boxes)
-    assert torch.equal(out_par, out_ref)
-    assert grad_ref["p2"].abs().sum() > 0 and not grad_par["p5"].any()
+    out, grad = pool_and_grad(FastMultiScaleRoIAlign(names, 7, 2), feats, boxes)
+    torch.testing.assert_close(out, out_ref, **TOL)
+    assert grad_ref["p2"].abs().sum() > 0 and not grad["p5"].any()
     for k in names:
-        torch.testing.assert_close(grad_par[k], grad_ref[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(grad[k], grad_ref[k], **TOL, msg=k)
+    empty = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    assert FastMultiScaleRoIAlign(names, 7, 2)(feats, empty, SHAPES).shape == (0, 8, 7, 7)
+
+
+def test_falls_back_to_torchvision_where_it_must():
+    feats, boxes = inputs(["p2", "p3"], [4, 8])
+    fast = FastMultiScaleRoIAlign(["p2", "p3"], 7, 2)
+    f = list(feats.values())
+    assert fast._use_gather(f)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fast._use_gather(f)
+    assert not fast._use_gather([t.detach().half() for t in f])
+    traced = torch.jit.trace(lambda x, y: fast({"p2": x, "p3": y}, boxes, SHAPES), (f[0].detach(), f[1].detach()),
+                             check_trace=False)
+    graph = str(traced.graph)
+    assert "torchvision::roi_align" in graph and "embedding_bag" not in graph  # exporters see torchvision's op
+    ref = MultiScaleRoIAlign(["p2", "p3"], 7, 2)
+    assert torch.equal(traced(f[0].detach(), f[1].detach()), ref(feats, boxes, SHAPES).detach())
+
+
+def test_fc_head_reads_channels_last_features_like_torchvision_two_mlp_head():
+    torch.manual_seed(0)
+    head, oracle = FCHead(8 * 7 * 7, 32), TwoMLPHead(8 * 7 * 7, 32)
+    oracle.load_state_dict(head.state_dict())
+    x = torch.randn(20, 8, 7, 7)
+    nhwc = x.to(memory_format=torch.channels_last)
+    assert not nhwc.is_contiguous()
+    torch.testing.assert_close(head(nhwc), oracle(x), **TOL)  # with gradients: the permuted weight is tracked
+    head(nhwc).sum().backward()
+    oracle(x).sum().backward()
+    torch.testing.assert_close(head.fc6.weight.grad, oracle.fc6.weight.grad, **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(head(nhwc), oracle(x), **TOL)  # cached permuted weight
+        for m in (head, oracle):
+            m.fc6.weight.mul_(-0.5)  # an in-place update (optimizer step, load_state_dict) refreshes the cache
+    with torch.inference_mode():
+        torch.testing.assert_close(head(nhwc), oracle(x), **TOL)
+        torch.testing.assert_close(head(x), oracle(x), **TOL)  # NCHW input: the plain path

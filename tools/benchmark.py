@@ -54,8 +54,8 @@ SIZES = {
                  proposals=(64, 32), rois=32, ablations=False),
 }
 IMPLS = {"torchvision": {}, "ours": dict(fold=False, cl=False), "ours+fold": dict(fold=True, cl=False),
-         "ours+cl": dict(fold=False, cl=True), "ours+par": dict(fold=False, cl=False, par=True),
-         "ours+fast": dict(fold=True, cl=True, par=True), "ours+fast+bf16": dict(fold=True, cl=True, par=True, amp=True)}
+         "ours+cl": dict(fold=False, cl=True), "ours+roi": dict(fold=False, cl=False, roi=True),
+         "ours+fast": dict(fold=True, cl=True, roi=True), "ours+fast+bf16": dict(fold=True, cl=True, roi=True, amp=True)}
 
 
 def speed_up(model, impl: str):
@@ -172,7 +172,7 @@ def build_detector(spec) -> Callable:
             (train_n, test_n), r = spec["proposals"], "MODEL.RPN."
             model = build_model(detector_cfg(
                 spec, "Base-RCNN-FPN.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", 90, "MODEL.FUSE_FROZEN_BN", False,
-                "MODEL.PARALLEL_ROI_ALIGN", IMPLS[spec["impl"]].get("par", False),
+                "MODEL.FAST_ROI_ALIGN", IMPLS[spec["impl"]].get("roi", False),
                 r + "PRE_NMS_TOPK_TRAIN", train_n, r + "POST_NMS_TOPK_TRAIN", train_n, r + "PRE_NMS_TOPK_TEST",
                 test_n, r + "POST_NMS_TOPK_TEST", test_n, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", spec["rois"]))
             model.load_state_dict(tv.state_dict(), strict=True)
@@ -181,7 +181,7 @@ def build_detector(spec) -> Callable:
         torch.manual_seed(0)
         model = build_model(detector_cfg(
             spec, "Base-RCNN-C4.yaml", "MODEL.RESNETS.DEPTH", 101, "MODEL.FUSE_FROZEN_BN", False,
-            "MODEL.PARALLEL_ROI_ALIGN", IMPLS[spec["impl"]].get("par", False),
+            "MODEL.FAST_ROI_ALIGN", IMPLS[spec["impl"]].get("roi", False),
             "MODEL.RPN.POST_NMS_TOPK_TEST", spec["c4_proposals"], "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
             spec["c4_rois"]))
         pretrained_like_norms(model)
@@ -273,7 +273,7 @@ def build_demo_train(spec) -> Callable:
 
     cfg = data_cfg(spec)
     cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.MODEL.PARALLEL_ROI_ALIGN = IMPLS[spec["impl"]].get("par", False)
+    cfg.MODEL.FAST_ROI_ALIGN = IMPLS[spec["impl"]].get("roi", False)
     loader = iter(build_detection_train_loader(cfg))
     batches = [next(loader) for _ in range(4)]
     torch.manual_seed(0)
@@ -313,7 +313,7 @@ def plan(args, device) -> list[tuple[str, str, list[dict], int]]:
                c4_proposals=args.c4_proposals, c4_rois=args.c4_rois)
     if "detector" in args.sections:
         for mode, batch in (("inference", 1), ("train", args.train_batch)):
-            impls = ["torchvision", "ours"] + (["ours+fold", "ours+cl", "ours+par"] if args.ablations else []) + fast
+            impls = ["torchvision", "ours"] + (["ours+fold", "ours+cl", "ours+roi"] if args.ablations else []) + fast
             specs = [dict(det, impl=i, arch="R50-FPN", mode=mode, batch=batch) for i in impls]
             groups.append((f"R50-FPN {mode} batch {batch}", "detector", specs, batch))
     if "c4" in args.sections:

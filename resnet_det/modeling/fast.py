@@ -21,7 +21,7 @@ from torchvision.ops import FrozenBatchNorm2d
 logger = logging.getLogger(__name__)
 
 __all__ = ["fold_frozen_bn", "unfold_frozen_bn", "FoldedConv2d", "to_channels_last", "compile_backbone",
-           "apply_fast_path", "configure_backends", "DeviceMeter"]
+           "apply_fast_path", "configure_backends", "DeviceMeter", "version_key"]
 
 
 def _norm_is_folded(norm: nn.Module) -> bool:
@@ -51,6 +51,16 @@ _FOLDED_NORM = {FrozenBatchNorm2d: FoldedFrozenBatchNorm2d, nn.BatchNorm2d: Fold
 
 def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def version_key(tensors) -> tuple | None:
+    """Identifies the values of `tensors` for a cache of something computed from them: storage, version
+    counter (bumped by every in-place change), dtype and device. None for inference tensors (no
+    version counter), which must not be cached on."""
+    try:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    except RuntimeError:
+        return None
 
 
 class FoldedConv2d(nn.Conv2d):
@@ -93,9 +103,8 @@ class FoldedConv2d(nn.Conv2d):
         sources = self._fold_sources()
         if _tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
             return self._compute_fold()  # gradients flow to W (and to a trainable norm) through W * s
-        try:
-            key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
-        except RuntimeError:  # inference tensors have no version counter: do not cache
+        key = version_key(sources)
+        if key is None:  # inference tensors have no version counter: do not cache
             return self._compute_fold()
         if self._fold_cache is None or self._fold_cache[0] != key:
             # Normal (not inference-mode) tensors, so a frozen stage can reuse them in training.

@@ -1,171 +1,184 @@
-"""RoIAlign over FPN levels on all CPU threads: torchvision's own kernels, run on chunks of RoIs at once.
+"""RoIAlign on CPU as one weighted gather of channel vectors: torchvision's sampling, ``embedding_bag``'s kernel.
 
-torchvision's CPU ``roi_align`` forward and backward kernels loop over RoIs in one thread. On the
-2-core CPU they were ~22% of R50-FPN inference and ~28% of a training step (benchmarks/RESULTS.md),
-with the second core idle. ``ParallelMultiScaleRoIAlign`` maps RoIs to levels exactly as
-torchvision's ``MultiScaleRoIAlign`` does (same ``LevelMapper``, same scales), splits the (level, RoI)
-pairs into one chunk per thread of about equal sampling cost, and runs torchvision's forward and
-backward kernels on the chunks in a thread pool (the ops release the GIL). Every RoI goes through the
-same kernel with the same arguments, so the pooled features are bitwise those of torchvision; feature
-gradients are the per-chunk gradients summed, equal up to float summation order.
+torchvision's CPU ``roi_align`` kernels loop over RoIs, channels and bins in one thread on NCHW maps: on
+the 2-core CPU they were ~22% of R50-FPN inference and ~28% of a training step, and the backward alone
+~0.6 s for 1000 RoIs on P2 (benchmarks/RESULTS.md). But RoIAlign is linear in the features: output
+(RoI, bin, channel) is a weighted sum of ``4 * samples`` feature pixels of that channel, and which pixels
+and weights depends only on the box, never on the channel. So ``FastMultiScaleRoIAlign``
 
-It falls back to torchvision's path where that is as good or required: on GPUs (their kernels are
-already parallel), with one thread, few RoIs, autocast or non-float inputs, and under tracing,
-scripting, ``torch.compile`` and ONNX export. Switch: MODEL.PARALLEL_ROI_ALIGN.
+1. computes, per (RoI, bin), the pixel indices and bilinear weights with the same float32 expressions as
+   torchvision's kernel (sample positions, the out-of-map test, clamping at the border, ``aligned``,
+   fixed or adaptive ``sampling_ratio``), for all RoIs at once;
+2. views every pyramid level as rows of one (pixels, channels) table (free for channels_last maps, one
+   copy per level otherwise);
+3. lets ``F.embedding_bag(mode="sum", per_sample_weights=...)`` gather and sum the channel rows of each
+   bin: vectorised over channels, multi-threaded, and its backward is an index-add of rows.
+
+The result equals torchvision's ``MultiScaleRoIAlign`` within float rounding (the sums use fused
+multiply-adds and 1/count is folded into the weights): about 1e-7 relative, features and gradients
+(tests/test_pooling.py, torchvision as the oracle). It comes out channels_last-strided (RoI, C, h, w),
+which the box heads read without a copy (``FCHead`` permutes its fc6 weight instead).
+
+It falls back to torchvision's path on GPUs (their kernels are already parallel), for dtypes other than
+float32/float64, under autocast, and under tracing, scripting, ``torch.compile`` and ONNX export (which
+must record torchvision's op). Switch: MODEL.FAST_ROI_ALIGN.
 """
 from __future__ import annotations
 
-import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _multiscale_roi_align, _setup_scales
 
-__all__ = ["ParallelMultiScaleRoIAlign"]
-
-MIN_ROIS = 32  # below this, thread hand-off costs more than it saves
-_pool_lock = threading.Lock()
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+__all__ = ["FastMultiScaleRoIAlign", "roi_align_gather"]
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """One pool per process (a forked DataLoader worker or DDP child must not reuse the parent's)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
-            _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="roi_align"))
-        return _pool[2]
+def _feature_table(features: list[Tensor]) -> tuple[Tensor, list[int]]:
+    """All levels as rows of one (sum of N*H*W, C) table, channels last; and each level's first row."""
+    starts, n = [], 0
+    for f in features:
+        starts.append(n)
+        n += f.shape[0] * f.shape[2] * f.shape[3]
+    f0 = features[0]
+    if len(features) == 1 and f0.is_contiguous(memory_format=torch.channels_last):
+        return f0.permute(0, 2, 3, 1).reshape(n, f0.shape[1]), starts  # a view
+    table = f0.new_empty((n, f0.shape[1]))
+    for f, start in zip(features, starts):
+        b, c, h, w = f.shape
+        rows = table[start:start + b * h * w].view(b, h * w, c)
+        if f.is_contiguous(memory_format=torch.channels_last):
+            rows.copy_(f.permute(0, 2, 3, 1).reshape(b, h * w, c))
+        else:  # one (C, H*W) -> (H*W, C) transpose per image: PyTorch's blocked transpose copy
+            for i in range(b):
+                rows[i].copy_(f[i].reshape(c, h * w).t())
+    return table, starts
 
 
-def _run_parallel(fn, chunks: list) -> list:
-    """fn(chunk) for every chunk, the first in the calling thread and the rest in the pool."""
-    if len(chunks) == 1:  # e.g. one RoI carrying nearly all the sampling work
-        return [fn(chunks[0])]
-    futures = [_executor(len(chunks) - 1).submit(fn, c) for c in chunks[1:]]
-    first = fn(chunks[0])
-    return [first] + [f.result() for f in futures]
+def _axis_taps(start: Tensor, bin_size: Tensor, size: Tensor, pooled: int, grid: int):
+    """Sample positions along one axis, (R, pooled, grid), and their two taps and weights, exactly as
+    torchvision's ``pre_calc_for_bilinear_interpolate`` (roi_align_kernel.cpp) computes them."""
+    dtype = start.dtype
+    p = torch.arange(pooled, dtype=dtype).view(1, -1, 1)
+    i = torch.arange(grid, dtype=dtype).view(1, 1, -1)
+    start, bin_size, size = start.view(-1, 1, 1), bin_size.view(-1, 1, 1), size.view(-1, 1, 1)
+    coord = (start + p * bin_size) + ((i + 0.5) * bin_size) / grid
+    outside = (coord < -1.0) | (coord > size)  # such a sample contributes 0
+    coord = coord.clamp(min=0)
+    lo = coord.to(torch.int64)  # truncation = floor for coord >= 0
+    last = lo >= size - 1
+    lo = torch.where(last, size - 1, lo)
+    hi = torch.where(last, lo, lo + 1)
+    frac = torch.where(last, torch.zeros((), dtype=dtype), coord - lo.to(dtype))
+    return lo, hi, 1.0 - frac, frac, outside
 
 
-def _nchw(x: Tensor) -> Tensor:
-    """``x.contiguous()``; from channels_last as one (H*W, C) -> (C, H*W) matrix transpose per image,
-    which PyTorch's blocked transpose copy does several times faster than the generic strided copy."""
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return x.contiguous()
-    n, c, h, w = x.shape
-    out = x.new_empty((n, c, h, w))
-    for i in range(n):
-        out[i].view(c, h * w).copy_(x[i].permute(1, 2, 0).reshape(h * w, c).t())
-    return out
+def _bags(rois: Tensor, level_rows: Tensor, sizes: Tensor, scale: Tensor, output_size: tuple[int, int],
+          grid: tuple[int, int], aligned: bool) -> tuple[Tensor, Tensor]:
+    """Table rows and weights of every (RoI, bin) for one sampling grid: two (R * ph * pw, 4 * samples)
+    tensors, in torchvision's summation order (grid rows, grid columns, then the 4 bilinear taps)."""
+    ph, pw = output_size
+    gh, gw = grid
+    offset = 0.5 if aligned else 0.0
+    x0, y0 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
+    rw, rh = rois[:, 3] * scale - offset - x0, rois[:, 4] * scale - offset - y0
+    if not aligned:  # force malformed RoIs to be 1x1
+        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    height, width = sizes[:, 0], sizes[:, 1]
+    ylo, yhi, yh, yl, yout = _axis_taps(y0, rh / ph, height, ph, gh)  # (R, ph, gh)
+    xlo, xhi, xh, xl, xout = _axis_taps(x0, rw / pw, width, pw, gw)  # (R, pw, gw)
+
+    def ys(t):  # (R, ph, gh) -> (R, ph, 1, gh, 1)
+        return t[:, :, None, :, None]
+
+    def xs(t):  # (R, pw, gw) -> (R, 1, pw, 1, gw)
+        return t[:, None, :, None, :]
+
+    base = level_rows.view(-1, 1, 1, 1, 1)
+    row_lo, row_hi = base + ys(ylo) * width.view(-1, 1, 1, 1, 1), base + ys(yhi) * width.view(-1, 1, 1, 1, 1)
+    index = torch.stack(torch.broadcast_tensors(row_lo + xs(xlo), row_lo + xs(xhi), row_hi + xs(xlo),
+                                                row_hi + xs(xhi)), dim=-1)
+    weight = torch.stack(torch.broadcast_tensors(ys(yh) * xs(xh), ys(yh) * xs(xl), ys(yl) * xs(xh),
+                                                 ys(yl) * xs(xl)), dim=-1)
+    inside = ~(ys(yout) | xs(xout))
+    weight = torch.where(inside.unsqueeze(-1), weight, torch.zeros((), dtype=weight.dtype)) / max(gh * gw, 1)
+    bags = len(rois) * ph * pw
+    return index.reshape(bags, -1), weight.reshape(bags, -1)
 
 
-def _chunks(rois: Tensor, levels: Tensor, scales: list[float], output_size: tuple[int, int],
-            sampling_ratio: int, parts: int) -> list[list[tuple[int, Tensor]]]:
-    """Split RoIs, grouped by level, into `parts` runs of about equal sampling work; each run is a
-    list of (level, RoI indices) segments."""
-    order = torch.argsort(levels, stable=True)
-    if sampling_ratio > 0:
-        cost = torch.ones(len(order), dtype=torch.float64)
-    else:  # adaptive sampling: ceil(roi size / bin size) points per bin along each axis
-        scale = torch.tensor(scales, dtype=torch.float64)[levels[order]]
-        r = rois[order].double()
-        h = ((r[:, 4] - r[:, 2]) * scale).clamp(min=1) / output_size[0]
-        w = ((r[:, 3] - r[:, 1]) * scale).clamp(min=1) / output_size[1]
-        cost = h.ceil() * w.ceil()
-    cum = torch.cat([cost.new_zeros(1), cost.cumsum(0)])  # cum[i]: work of the first i RoIs
-    targets = cum[-1] * torch.arange(1, parts, dtype=torch.float64) / parts
-    hi = torch.searchsorted(cum, targets).clamp(max=len(order))  # first edge with cum >= target
-    closer = (cum[hi] - targets) <= (targets - cum[(hi - 1).clamp(min=0)])  # or the edge just before
-    edges = sorted({0, *torch.where(closer, hi, hi - 1).clamp(min=0).tolist(), len(order)})
-    sorted_levels = levels[order]
-    runs = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        lv = sorted_levels[a:b]
-        cuts = [a] + (a + torch.nonzero(lv[1:] != lv[:-1]).flatten() + 1).tolist() + [b]
-        runs.append([(int(sorted_levels[s]), order[s:e]) for s, e in zip(cuts[:-1], cuts[1:])])
-    return runs
+def roi_align_gather(features: list[Tensor], rois: Tensor, levels: Tensor, scales: list[float],
+                     output_size: tuple[int, int], sampling_ratio: int, aligned: bool = False) -> Tensor:
+    """torchvision's ``roi_align`` of each RoI (``[batch_index, x1, y1, x2, y2]``) on its level's map,
+    as a weighted gather; (R, C, h, w), channels_last-strided. Differentiable in ``features``."""
+    ph, pw = output_size
+    table, starts = _feature_table(features)
+    if len(rois) == 0:
+        return table.new_zeros((0, ph, pw, table.shape[1])).permute(0, 3, 1, 2)
+    with torch.no_grad():  # where to sample depends on the boxes only; no gradient reaches them
+        dims = torch.tensor([f.shape[2:] for f in features], dtype=torch.int64)
+        sizes = dims[levels]  # (R, 2): height, width of each RoI's map
+        level_rows = torch.tensor(starts, dtype=torch.int64)[levels] + rois[:, 0].to(torch.int64) * sizes.prod(1)
+        scale = torch.tensor(scales, dtype=rois.dtype)[levels]
+        if sampling_ratio > 0:
+            groups = [((sampling_ratio, sampling_ratio), None)]
+        else:  # adaptive: ceil(roi size / output size) samples per bin and axis, one sampling grid per group
+            offset = 0.5 if aligned else 0.0
+            rw = rois[:, 3] * scale - offset - (rois[:, 1] * scale - offset)
+            rh = rois[:, 4] * scale - offset - (rois[:, 2] * scale - offset)
+            if not aligned:
+                rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+            grids = torch.stack([torch.ceil(rh / ph), torch.ceil(rw / pw)], 1).clamp(min=0).to(torch.int64)
+            keys, inverse = torch.unique(grids, dim=0, return_inverse=True)
+            groups = [(tuple(k), torch.nonzero(inverse == i).flatten()) for i, k in enumerate(keys.tolist())]
+        # One embedding_bag over all groups (one backward pass): bags of group after group.
+        indices, weights, bag_sizes = [], [], []
+        for (gh, gw), idx in groups:
+            n = len(rois) if idx is None else len(idx)
+            bag_sizes.append(torch.full((n * ph * pw,), 4 * gh * gw, dtype=torch.int64))
+            if gh * gw > 0:  # an empty RoI (aligned=True) has no samples: zeros, like torchvision
+                sel = (lambda t: t) if idx is None else (lambda t: t[idx])
+                index, weight = _bags(sel(rois), sel(level_rows), sel(sizes), sel(scale), output_size, (gh, gw),
+                                      aligned)
+                indices.append(index.flatten())
+                weights.append(weight.flatten())
+        sizes_flat = torch.cat(bag_sizes)
+        offsets = torch.cumsum(sizes_flat, 0) - sizes_flat
+        index = torch.cat(indices) if indices else sizes_flat.new_zeros(0)
+        weight = torch.cat(weights).to(table.dtype) if weights else table.new_zeros(0)
+    out = F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=weight)
+    out = out.view(len(rois), ph, pw, table.shape[1])
+    if len(groups) > 1:  # from group order back to RoI order
+        out = out.index_select(0, torch.argsort(torch.cat([idx for _, idx in groups])))
+    return out.permute(0, 3, 1, 2)
 
 
-class _ParallelRoIAlign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rois, levels, scales, output_size, sampling_ratio, parts, *features):
-        features = [_nchw(f) for f in features]  # the kernel would copy a channels_last map per call
-        runs = _chunks(rois, levels, scales, output_size, sampling_ratio, parts)
-        ph, pw = output_size
-        result = features[0].new_empty((len(rois), features[0].shape[1], ph, pw))
-
-        inference = torch.is_inference_mode_enabled()  # grad modes are per thread: carry the caller's
-
-        def pool(run):
-            with torch.inference_mode(inference), torch.no_grad():
-                for level, idx in run:
-                    out = torch.ops.torchvision.roi_align(features[level], rois.index_select(0, idx), scales[level],
-                                                          ph, pw, sampling_ratio, False)
-                    result.index_copy_(0, idx, out)  # disjoint rows per segment
-
-        _run_parallel(pool, runs)
-        ctx.save_for_backward(rois)
-        ctx.runs, ctx.scales, ctx.output_size, ctx.sampling_ratio = runs, scales, output_size, sampling_ratio
-        ctx.shapes = [f.shape for f in features]
-        ctx.needs = ctx.needs_input_grad[6:]
-        return result
-
-    @staticmethod
-    def backward(ctx, grad):
-        (rois,) = ctx.saved_tensors
-        grad, (ph, pw) = grad.contiguous(), ctx.output_size
-
-        def unpool(run):
-            with torch.no_grad():
-                return [(level, torch.ops.torchvision._roi_align_backward(
-                    grad.index_select(0, idx), rois.index_select(0, idx), ctx.scales[level], ph, pw,
-                    *ctx.shapes[level], ctx.sampling_ratio, False)) for level, idx in run if ctx.needs[level]]
-
-        grads = [None] * len(ctx.shapes)
-        for parts in _run_parallel(unpool, ctx.runs):
-            for level, g in parts:
-                grads[level] = g if grads[level] is None else grads[level] + g
-        for level, needed in enumerate(ctx.needs):  # a level without RoIs still gets a zero gradient
-            if needed and grads[level] is None:
-                grads[level] = grad.new_zeros(ctx.shapes[level])
-        return (None,) * 6 + tuple(grads)
-
-
-class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's ``MultiScaleRoIAlign`` (same arguments, levels, scales and results) whose CPU
-    kernels run on all ``torch.get_num_threads()`` threads; see the module docstring."""
+class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` (same arguments, level mapping and scales) that pools on
+    CPU with ``roi_align_gather``; see the module docstring."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         x_filtered = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(x_filtered, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
-        if not torch.jit.is_scripting():
-            parts = self._parallel_parts(x_filtered, boxes)
-            if parts > 1:
-                return self._parallel_forward(x_filtered, boxes, parts)
+        if not torch.jit.is_scripting() and self._use_gather(x_filtered):
+            return self._gather_forward(x_filtered, boxes)
         return _multiscale_roi_align(x_filtered, boxes, self.output_size, self.sampling_ratio, self.scales,
                                      self.map_levels)
 
     @torch.jit.unused
-    def _parallel_parts(self, features: list[Tensor], boxes: list[Tensor]) -> int:
+    def _use_gather(self, features: list[Tensor]) -> bool:
         f = features[0]
-        if (f.device.type != "cpu" or f.dtype not in (torch.float32, torch.float64) or f.is_quantized
-                or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or torch.onnx.is_in_onnx_export()):
-            return 1
-        rois = sum(len(b) for b in boxes)
-        return min(torch.get_num_threads(), math.ceil(rois / MIN_ROIS)) if rois >= 2 * MIN_ROIS else 1
+        return not (f.device.type != "cpu" or f.dtype not in (torch.float32, torch.float64) or f.is_quantized
+                    or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
+                    or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
 
     @torch.jit.unused
-    def _parallel_forward(self, features: list[Tensor], boxes: list[Tensor], parts: int) -> Tensor:
+    def _gather_forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         rois = _convert_to_roi_format(boxes)
         if len(features) == 1:
-            levels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
+            levels = torch.zeros(len(rois), dtype=torch.int64)
         else:
-            levels = self.map_levels(boxes)
-        return _ParallelRoIAlign.apply(rois, levels, list(self.scales), tuple(self.output_size), self.sampling_ratio,
-                                       parts, *features)
+            levels = self.map_levels(boxes).to(torch.int64)
+        size = tuple(self.output_size)
+        return roi_align_gather(features, rois, levels, list(self.scales), size, self.sampling_ratio)
