@@ -12,6 +12,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from resnet_det.config import get_cfg
 from resnet_det.modeling.backbone.resnet import ResNet
 from resnet_det.modeling.detector import build_model
+from resnet_det.modeling import fast as fast_module
 from resnet_det.modeling.detector.pooling import FastMultiScaleRoIAlign
 from resnet_det.modeling.fast import (DeviceMeter, FoldedConv2d, apply_fast_path, fold_frozen_bn, to_channels_last,
                                       unfold_frozen_bn)
@@ -138,6 +139,77 @@ def test_channels_last_and_jit_trace_equal():
                                    rtol=1e-4, atol=1e-4)
         traced = torch.jit.trace(fast, (x(),), check_trace=False)  # the TorchScript/ONNX export path
         torch.testing.assert_close(traced(x()), ref, rtol=1e-4, atol=1e-4)
+
+
+def nhwc(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("depth,kw", [(50, {}), (18, {}), (18, {"plain": True}), (18, {"shortcut": "A"})])
+def test_fused_blocks_equal_the_blocks_own_forward(monkeypatch, depth, kw):
+    """CPU NHWC inference: each folded conv runs with its ReLU and the residual addition in one oneDNN
+    call, on weights packed once; the oracle is the same model with the blocks' own forward."""
+    if fast_module._POINTWISE_CONV is None:
+        pytest.skip("this PyTorch build has no oneDNN")
+    fused = to_channels_last(net(depth, **kw).eval())
+    fold_frozen_bn(fused)
+    assert isinstance(fused.layer1[0], fast_module._FusedBlockMixin)
+    oracle = copy.deepcopy(fused)
+    unfold_frozen_bn(oracle)
+    assert not any(isinstance(m, fast_module._FusedBlockMixin) for m in oracle.modules())
+    calls = []
+    real = fast_module._conv_relu
+    monkeypatch.setattr(fast_module, "_conv_relu", lambda *a: calls.append(1) or real(*a))
+    convs_in_blocks = sum(isinstance(m, FoldedConv2d) and n.split(".")[-1].startswith("conv")
+                          for n, m in fused.named_modules() if n.startswith("layer"))
+    with torch.inference_mode():
+        for size in (64, 80, 64):  # a new input shape repacks the weights; the old one again
+            ref = oracle(nhwc(x(size=size)))
+            torch.testing.assert_close(fused(nhwc(x(size=size))), ref, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 3 * convs_in_blocks  # the fused path really ran, for every block conv
+    calls.clear()
+    with torch.no_grad():
+        fused.bn1.running_var.mul_(2)  # new statistics and weights reach the packed weights
+        oracle.bn1.running_var.mul_(2)
+        fused.layer1[0].bn2.running_var.mul_(3)
+        oracle.layer1[0].bn2.running_var.mul_(3)
+        torch.testing.assert_close(fused(nhwc(x())), oracle(nhwc(x())), rtol=1e-5, atol=1e-5)
+        assert calls
+    buf = io.BytesIO()
+    torch.save(fused, buf)  # packed oneDNN weights are dropped from copies and pickles
+    for other in (copy.deepcopy(fused), torch.load(io.BytesIO(buf.getvalue()), weights_only=False)):
+        with torch.no_grad():
+            torch.testing.assert_close(other(nhwc(x())), oracle(nhwc(x())), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_blocks_fall_back_where_they_must(monkeypatch):
+    fused = to_channels_last(net(18).eval())
+    fold_frozen_bn(fused)
+    calls = []
+    real = fast_module._conv_relu
+    monkeypatch.setattr(fast_module, "_conv_relu", lambda *a: calls.append(1) or real(*a))
+    oracle = net(18).eval()
+    with torch.no_grad():
+        ref = oracle(x())
+        # NCHW input: the stem's NHWC weights make its output NHWC, so the blocks may fuse.
+        torch.testing.assert_close(fused(x()), ref, rtol=1e-4, atol=1e-4)
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused(nhwc(x()))
+        traced = torch.jit.trace(fused, (nhwc(x()),), check_trace=False)  # the export path
+        assert "_convolution_pointwise" not in str(traced.graph)
+        torch.testing.assert_close(traced(nhwc(x())), ref, rtol=1e-4, atol=1e-4)
+    inp = nhwc(x()).requires_grad_()  # a gradient is needed: the blocks' own forward
+    fused(inp).sum().backward()
+    assert inp.grad is not None and fused.layer1[0].conv1.weight.grad is not None
+    assert not calls
+    if fast_module._POINTWISE_CONV is not None:  # frozen blocks (FREEZE_AT) fuse in training too
+        fused.train()
+        for m in (fused.conv1, fused.bn1, fused.layer1):  # FREEZE_AT 2: stem and res2
+            for p in m.parameters():
+                p.requires_grad_(False)
+        fused(nhwc(x())).sum().backward()
+        assert len(calls) == 4  # layer1's two blocks x two convs; later stages need gradients
 
 
 def detector_cfg(base, *opts):

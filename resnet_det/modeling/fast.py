@@ -4,6 +4,9 @@
   y = x * s + t, so conv(x, W) * s + t = conv(x, W * s) + t. The folded conv does one pass over the
   activations instead of three (conv, multiply, add) and, in training, gradients still reach W
   through the product W * s. Parameter and buffer names are untouched, so checkpoints load as before.
+- ``fold_frozen_bn`` also lets residual blocks run, where no gradient is needed on a CPU with NHWC
+  float32 activations, each folded conv with its ReLU (and the residual addition) as one oneDNN call
+  (``FusedBottleneck``, ``FusedBasicBlock``): the same values, bit for bit, without the extra passes.
 - ``to_channels_last``: NHWC activations (oneDNN on CPU and cuDNN on GPU prefer them for convs).
 - ``compile_backbone``: ``torch.compile`` of the backbone in place (state_dict keys unchanged).
 - ``apply_fast_path(model, cfg)``: all of the above as MODEL.FUSE_FROZEN_BN / CHANNELS_LAST /
@@ -18,9 +21,11 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from .backbone.blocks import BasicBlock, Bottleneck
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["fold_frozen_bn", "unfold_frozen_bn", "FoldedConv2d", "to_channels_last", "compile_backbone",
+__all__ = ["fold_frozen_bn", "unfold_frozen_bn", "FoldedConv2d", "FusedBottleneck", "FusedBasicBlock", "to_channels_last", "compile_backbone",
            "apply_fast_path", "configure_backends", "DeviceMeter", "version_key"]
 
 
@@ -74,6 +79,7 @@ class FoldedConv2d(nn.Conv2d):
 
     _fold_norm: nn.Module
     _fold_cache: tuple | None
+    _packed_cache: tuple | None
 
     def _fold_sources(self) -> list[torch.Tensor]:
         n = self._fold_norm
@@ -85,7 +91,13 @@ class FoldedConv2d(nn.Conv2d):
 
     def train(self, mode: bool = True):
         self._fold_cache = None  # statistics may change while training; rebuild on the next eval call
+        self._packed_cache = None
         return super().train(mode)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_packed_cache"] = None  # oneDNN's opaque tensors neither deepcopy nor pickle
+        return state
 
     def _compute_fold(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self._fold_norm
@@ -111,6 +123,21 @@ class FoldedConv2d(nn.Conv2d):
             with torch.inference_mode(False), torch.no_grad():
                 self._fold_cache = (key, *self._compute_fold())
         return self._fold_cache[1], self._fold_cache[2]
+
+    def onednn_weight_and_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded weight, reordered once into oneDNN's blocked layout for inputs shaped like `x`
+        (as inductor's freezing does) while the folded weights are cached; else as they are."""
+        weight, bias = self.folded_weight_and_bias()
+        if self._fold_cache is None or self._fold_cache[1] is not weight:
+            return weight, bias
+        key = (self._fold_cache[0], tuple(x.shape))
+        if self._packed_cache is None or self._packed_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    weight.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
+                    list(x.shape))
+            self._packed_cache = (key, packed)
+        return self._packed_cache[1], bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _norm_is_folded(self._fold_norm):
@@ -147,6 +174,68 @@ def _conv_norm_pairs(module: nn.Module):
                     yield parent, name, conv, norm
 
 
+def _pointwise_conv_op():
+    """oneDNN's fused conv + post-op kernel (what inductor's CPU backend calls), or None where this
+    PyTorch build has no oneDNN."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_POINTWISE_CONV = _pointwise_conv_op()
+
+
+def _conv_relu(conv: FoldedConv2d, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(conv(x) [+ residual]) of a folded conv in one oneDNN call."""
+    weight, bias = conv.onednn_weight_and_bias(x)
+    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    if residual is None:
+        return _POINTWISE_CONV(x, weight, bias, *args, "relu", [None], "")
+    return _POINTWISE_CONV.binary(x, residual, weight, bias, *args, "add", None, "relu", [None], "")
+
+
+class _FusedBlockMixin:
+    """A residual block whose folded convs run with their ReLU (and the residual addition) fused, where
+    that computes the same values as the block's own forward: CPU, float32 NHWC input, no gradient
+    needed, no autocast, not tracing; anywhere else the block's own forward runs."""
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        if (_POINTWISE_CONV is None or type(x) is not torch.Tensor or x.device.type != "cpu"
+                or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0
+                or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
+                or _tracing() or torch.is_autocast_enabled("cpu")):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        convs = [m for n, m in self.named_children() if n.startswith("conv")]
+        return all(isinstance(c, FoldedConv2d) and _norm_is_folded(c._fold_norm) and c.padding_mode == "zeros"
+                   and not isinstance(c.padding, str) for c in convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fusable(x):
+            return super().forward(x)
+        convs = [m for n, m in sorted(self.named_children()) if n.startswith("conv")]
+        out = x
+        for conv in convs[:-1]:
+            out = _conv_relu(conv, out)
+        # The shortcut (a projection is a folded conv + identity norm) runs as usual; the last conv
+        # adds it and applies the ReLU in its epilogue: relu(F(x) + shortcut(x)), Eq. (1)/(2).
+        return _conv_relu(convs[-1], out, None if self.plain else self.downsample(x).contiguous(
+            memory_format=torch.channels_last))
+
+
+class FusedBottleneck(_FusedBlockMixin, Bottleneck):
+    pass
+
+
+class FusedBasicBlock(_FusedBlockMixin, BasicBlock):
+    pass
+
+
+_FUSED_BLOCK = {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock}
+
+
 def fold_frozen_bn(module: nn.Module) -> int:
     """Fold every FrozenBN (and BatchNorm2d, when in eval mode) into the conv before it, in place.
 
@@ -166,6 +255,10 @@ def fold_frozen_bn(module: nn.Module) -> int:
         conv.__class__ = FoldedConv2d
         object.__setattr__(conv, "_fold_norm", norm)
         object.__setattr__(conv, "_fold_cache", None)
+        object.__setattr__(conv, "_packed_cache", None)
+    for block in module.modules():
+        if type(block) in _FUSED_BLOCK and isinstance(block.relu, nn.ReLU):
+            block.__class__ = _FUSED_BLOCK[type(block)]
     return len(pairs)
 
 
@@ -177,8 +270,10 @@ def unfold_frozen_bn(module: nn.Module) -> int:
             norm = m._fold_norm
             norm.__class__ = next(base for base, folded in _FOLDED_NORM.items() if isinstance(norm, folded))
             m.__class__ = nn.Conv2d
-            del m._fold_norm, m._fold_cache
+            del m._fold_norm, m._fold_cache, m._packed_cache
             count += 1
+        elif isinstance(m, _FusedBlockMixin):
+            m.__class__ = next(base for base, fused in _FUSED_BLOCK.items() if isinstance(m, fused))
     return count
 
 
