@@ -196,6 +196,12 @@ def test_fused_blocks_fall_back_where_they_must(monkeypatch):
         calls.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fused(nhwc(x()))
+        seen = []
+        handle = fused.layer1[0].conv2.register_forward_hook(lambda *a: seen.append(1))
+        fused(nhwc(x()))  # a hook on a block's conv still fires: that block runs unfused
+        handle.remove()
+        assert seen
+        calls.clear()
         traced = torch.jit.trace(fused, (nhwc(x()),), check_trace=False)  # the export path
         assert "_convolution_pointwise" not in str(traced.graph)
         torch.testing.assert_close(traced(nhwc(x())), ref, rtol=1e-4, atol=1e-4)

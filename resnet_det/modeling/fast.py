@@ -6,7 +6,8 @@
   through the product W * s. Parameter and buffer names are untouched, so checkpoints load as before.
 - ``fold_frozen_bn`` also lets residual blocks run, where no gradient is needed on a CPU with NHWC
   float32 activations, each folded conv with its ReLU (and the residual addition) as one oneDNN call
-  (``FusedBottleneck``, ``FusedBasicBlock``): the same values, bit for bit, without the extra passes.
+  (``FusedBottleneck``, ``FusedBasicBlock``): the blocks' own values (bit for bit where measured)
+  without the extra passes over the activations and without reordering the weights on every call.
 - ``to_channels_last``: NHWC activations (oneDNN on CPU and cuDNN on GPU prefer them for convs).
 - ``compile_backbone``: ``torch.compile`` of the backbone in place (state_dict keys unchanged).
 - ``apply_fast_path(model, cfg)``: all of the above as MODEL.FUSE_FROZEN_BN / CHANNELS_LAST /
@@ -25,8 +26,9 @@ from .backbone.blocks import BasicBlock, Bottleneck
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fold_frozen_bn", "unfold_frozen_bn", "FoldedConv2d", "FusedBottleneck", "FusedBasicBlock", "to_channels_last", "compile_backbone",
-           "apply_fast_path", "configure_backends", "DeviceMeter", "version_key"]
+__all__ = ["fold_frozen_bn", "unfold_frozen_bn", "FoldedConv2d", "FusedBottleneck", "FusedBasicBlock",
+           "to_channels_last", "compile_backbone", "apply_fast_path", "configure_backends", "DeviceMeter",
+           "version_key"]
 
 
 def _norm_is_folded(norm: nn.Module) -> bool:
@@ -197,20 +199,23 @@ def _conv_relu(conv: FoldedConv2d, x: torch.Tensor, residual: torch.Tensor | Non
 
 class _FusedBlockMixin:
     """A residual block whose folded convs run with their ReLU (and the residual addition) fused, where
-    that computes the same values as the block's own forward: CPU, float32 NHWC input, no gradient
-    needed, no autocast, not tracing; anywhere else the block's own forward runs."""
+    that computes the same values as the block's own forward: CPU with oneDNN enabled, float32 NHWC
+    input, no gradient needed, no autocast, not tracing, no hooks on the block's parts (they would not
+    fire); anywhere else the block's own forward runs."""
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        if (_POINTWISE_CONV is None or type(x) is not torch.Tensor or x.device.type != "cpu"
-                or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0
+        if (_POINTWISE_CONV is None or not torch.backends.mkldnn.enabled or type(x) is not torch.Tensor
+                or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0
                 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
                 or _tracing() or torch.is_autocast_enabled("cpu")):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
-        convs = [m for n, m in self.named_children() if n.startswith("conv")]
+        children = dict(self.named_children())
+        if any(m._forward_hooks or m._forward_pre_hooks for m in children.values()):
+            return False
         return all(isinstance(c, FoldedConv2d) and _norm_is_folded(c._fold_norm) and c.padding_mode == "zeros"
-                   and not isinstance(c.padding, str) for c in convs)
+                   and not isinstance(c.padding, str) for n, c in children.items() if n.startswith("conv"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fusable(x):

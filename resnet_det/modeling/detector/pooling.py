@@ -73,17 +73,23 @@ def _axis_taps(start: Tensor, bin_size: Tensor, size: Tensor, pooled: int, grid:
     return lo, hi, 1.0 - frac, frac, outside
 
 
+def _roi_extent(rois: Tensor, scale: Tensor, aligned: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Start x, start y, width and height of each RoI on its map, as torchvision's kernel computes them."""
+    offset = 0.5 if aligned else 0.0
+    x0, y0 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
+    rw, rh = rois[:, 3] * scale - offset - x0, rois[:, 4] * scale - offset - y0
+    if not aligned:  # force malformed RoIs to be 1x1
+        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    return x0, y0, rw, rh
+
+
 def _bags(rois: Tensor, level_rows: Tensor, sizes: Tensor, scale: Tensor, output_size: tuple[int, int],
           grid: tuple[int, int], aligned: bool) -> tuple[Tensor, Tensor]:
     """Table rows and weights of every (RoI, bin) for one sampling grid: two (R * ph * pw, 4 * samples)
     tensors, in torchvision's summation order (grid rows, grid columns, then the 4 bilinear taps)."""
     ph, pw = output_size
     gh, gw = grid
-    offset = 0.5 if aligned else 0.0
-    x0, y0 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
-    rw, rh = rois[:, 3] * scale - offset - x0, rois[:, 4] * scale - offset - y0
-    if not aligned:  # force malformed RoIs to be 1x1
-        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    x0, y0, rw, rh = _roi_extent(rois, scale, aligned)
     height, width = sizes[:, 0], sizes[:, 1]
     ylo, yhi, yh, yl, yout = _axis_taps(y0, rh / ph, height, ph, gh)  # (R, ph, gh)
     xlo, xhi, xh, xl, xout = _axis_taps(x0, rw / pw, width, pw, gw)  # (R, pw, gw)
@@ -122,11 +128,7 @@ def roi_align_gather(features: list[Tensor], rois: Tensor, levels: Tensor, scale
         if sampling_ratio > 0:
             groups = [((sampling_ratio, sampling_ratio), None)]
         else:  # adaptive: ceil(roi size / output size) samples per bin and axis, one sampling grid per group
-            offset = 0.5 if aligned else 0.0
-            rw = rois[:, 3] * scale - offset - (rois[:, 1] * scale - offset)
-            rh = rois[:, 4] * scale - offset - (rois[:, 2] * scale - offset)
-            if not aligned:
-                rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+            _, _, rw, rh = _roi_extent(rois, scale, aligned)
             grids = torch.stack([torch.ceil(rh / ph), torch.ceil(rw / pw)], 1).clamp(min=0).to(torch.int64)
             keys, inverse = torch.unique(grids, dim=0, return_inverse=True)
             groups = [(tuple(k), torch.nonzero(inverse == i).flatten()) for i, k in enumerate(keys.tolist())]
