@@ -55,7 +55,8 @@ SIZES = {
 }
 IMPLS = {"torchvision": {}, "ours": dict(fold=False, cl=False), "ours+fold": dict(fold=True, cl=False),
          "ours+cl": dict(fold=False, cl=True), "ours+roi": dict(fold=False, cl=False, roi=True),
-         "ours+fast": dict(fold=True, cl=True, roi=True), "ours+fast+bf16": dict(fold=True, cl=True, roi=True, amp=True)}
+         "ours+fast": dict(fold=True, cl=True, roi=True),
+         "ours+fast+bf16": dict(fold=True, cl=True, roi=True, amp=True)}
 
 
 def speed_up(model, impl: str):

@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["pretrained_like_norms", "machine_info", "synchronize", "interleaved_times", "summarize", "rss_mb", "peak_rss_mb",
-           "measure_peak_memory", "compare_outputs", "markdown_table", "run_group", "ratio", "report_markdown"]
+__all__ = ["pretrained_like_norms", "machine_info", "synchronize", "interleaved_times", "summarize", "rss_mb",
+           "peak_rss_mb", "measure_peak_memory", "compare_outputs", "markdown_table", "run_group", "ratio", "report_markdown"]
 
 
 def pretrained_like_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

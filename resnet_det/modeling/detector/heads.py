@@ -72,14 +72,17 @@ class FCHead(nn.Module):
     def _fc6_nhwc_weight(self, chw: torch.Size) -> torch.Tensor:
         """fc6's weight with columns in (h, w, C) order; cached while the weight needs no gradient."""
         w = self.fc6.weight
-        if torch.is_grad_enabled() and w.requires_grad:
-            return w.view(-1, *chw).permute(0, 2, 3, 1).flatten(1)  # gradients flow back through the permute
-        key = version_key([w])
-        if key is None:
+
+        def permuted():
             return w.view(-1, *chw).permute(0, 2, 3, 1).flatten(1)
+
+        # With a gradient, it flows back through the permute; inference tensors cannot be cached on.
+        key = None if torch.is_grad_enabled() and w.requires_grad else version_key([w])
+        if key is None:
+            return permuted()
         if self._nhwc_cache is None or self._nhwc_cache[0] != (key, chw):
             with torch.inference_mode(False), torch.no_grad():
-                self._nhwc_cache = ((key, chw), w.view(-1, *chw).permute(0, 2, 3, 1).flatten(1))
+                self._nhwc_cache = ((key, chw), permuted())
         return self._nhwc_cache[1]
 
 

@@ -126,7 +126,7 @@ def roi_align_gather(features: list[Tensor], rois: Tensor, levels: Tensor, scale
         level_rows = torch.tensor(starts, dtype=torch.int64)[levels] + rois[:, 0].to(torch.int64) * sizes.prod(1)
         scale = torch.tensor(scales, dtype=rois.dtype)[levels]
         if sampling_ratio > 0:
-            groups = [((sampling_ratio, sampling_ratio), None)]
+            groups = [((sampling_ratio, sampling_ratio), None)]  # None: every RoI
         else:  # adaptive: ceil(roi size / output size) samples per bin and axis, one sampling grid per group
             _, _, rw, rh = _roi_extent(rois, scale, aligned)
             grids = torch.stack([torch.ceil(rh / ph), torch.ceil(rw / pw)], 1).clamp(min=0).to(torch.int64)
@@ -135,12 +135,11 @@ def roi_align_gather(features: list[Tensor], rois: Tensor, levels: Tensor, scale
         # One embedding_bag over all groups (one backward pass): bags of group after group.
         indices, weights, bag_sizes = [], [], []
         for (gh, gw), idx in groups:
-            n = len(rois) if idx is None else len(idx)
-            bag_sizes.append(torch.full((n * ph * pw,), 4 * gh * gw, dtype=torch.int64))
+            per_roi = [rois, level_rows, sizes, scale] if idx is None else [rois[idx], level_rows[idx], sizes[idx],
+                                                                            scale[idx]]
+            bag_sizes.append(torch.full((len(per_roi[0]) * ph * pw,), 4 * gh * gw, dtype=torch.int64))
             if gh * gw > 0:  # an empty RoI (aligned=True) has no samples: zeros, like torchvision
-                sel = (lambda t: t) if idx is None else (lambda t: t[idx])
-                index, weight = _bags(sel(rois), sel(level_rows), sel(sizes), sel(scale), output_size, (gh, gw),
-                                      aligned)
+                index, weight = _bags(*per_roi, output_size, (gh, gw), aligned)
                 indices.append(index.flatten())
                 weights.append(weight.flatten())
         sizes_flat = torch.cat(bag_sizes)
