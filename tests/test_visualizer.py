@@ -251,6 +251,9 @@ def test_image_grid_tiles_rows_pads_cells_and_adds_a_title():
     assert (grid[22:42, 42:] == 128).all()  # no third cell in the second row: background
     titled = image_grid([a, b], cols=2, title="AP50 80.0")
     assert titled.shape[0] > 20 and titled.shape[1] == 84 and titled[: titled.shape[0] - 20].any()
+    even = image_grid([a, b], cols=1, gap=0, height=30)  # 20x30 -> 30x45, 10x40 -> 30x120
+    assert even.shape == (60, 120, 3) and (even[:30, :45] == 50).all() and (even[:30, 45:] == 0).all()
+    assert (even[30:, :] == 200).all()
     with pytest.raises(ValueError, match="at least one image"):
         image_grid([], cols=2)
 

@@ -41,8 +41,9 @@ def record_eval_only(cfg, results: dict, **extra) -> None:
 
 
 # Drawings are enlarged to at least this shorter side: on the 200-320 pixel demo images a label would
-# otherwise be a few pixels tall.
-VIS_MIN_SIZE = 400
+# otherwise be a few pixels tall. vis/summary.png shows every panel at one height.
+VIS_MIN_SIZE = 512
+VIS_SUMMARY_HEIGHT = 420
 
 
 def draw_outputs(cfg, model, results: dict | None = None) -> list[str]:
@@ -69,7 +70,8 @@ def draw_outputs(cfg, model, results: dict | None = None) -> list[str]:
         if "AP50" in bbox and "AP" in bbox:
             title += f"; box AP50 {bbox['AP50']:.1f}, AP {bbox['AP']:.1f}"
         summary = os.path.join(vis_dir, "summary.png")
-        if not cv2.imwrite(summary, image_grid([cv2.imread(p) for p in panels], cols=2, title=title)):
+        if not cv2.imwrite(summary, image_grid([cv2.imread(p) for p in panels], cols=2, title=title,
+                                                    height=VIS_SUMMARY_HEIGHT)):
             raise OSError(f"could not write {summary!r} (is the output folder writable?)")
         paths += panels + [summary]
     metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")

@@ -260,12 +260,17 @@ def side_by_side(pred_img: np.ndarray, gt_img: np.ndarray, titles=("prediction",
     return np.concatenate([strip, out], axis=0)
 
 
-def image_grid(images: Sequence[np.ndarray], cols: int, gap: int = 4, title: str | None = None) -> np.ndarray:
+def image_grid(images: Sequence[np.ndarray], cols: int, gap: int = 4, title: str | None = None,
+               height: int | None = None) -> np.ndarray:
     """Tile images row by row, ``cols`` per row, each cell padded (bottom/right, black) to the
-    largest image, ``gap`` grey pixels between cells; ``title`` adds a strip of white text on top."""
+    largest image, ``gap`` grey pixels between cells; ``title`` adds a strip of white text on top.
+    ``height`` first resizes every image to that height (aspect kept), so mixed sizes tile evenly."""
     if not images or cols < 1:
         raise ValueError(f"image_grid: need at least one image and cols >= 1 (got {len(images)} images, cols={cols})")
     imgs = [_check_image(x, f"images[{i}]") for i, x in enumerate(images)]
+    if height:
+        imgs = [cv2.resize(x, (max(1, round(x.shape[1] * height / x.shape[0])), height),
+                           interpolation=cv2.INTER_AREA if x.shape[0] > height else cv2.INTER_LINEAR) for x in imgs]
     ch, cw = max(x.shape[0] for x in imgs), max(x.shape[1] for x in imgs)
     cols = min(cols, len(imgs))
     rows = -(-len(imgs) // cols)
