@@ -110,9 +110,11 @@ def test_classifier_round_trip_against_torchvision(tmp_path, fmt):
                 m.running_var.uniform_(0.5, 2.0)
     path, meta = export_model(cfg, fmt, str(tmp_path), model=model)
     assert meta["verification"]["passed"] and meta["size_rules"]["crop_size"] == 64
+    assert (meta["depth"], meta["variant"], meta["num_classes"], meta["mean_mode"]) == (18, "imagenet", 7,
+                                                                                        "per_channel")
 
     tv = torchvision.models.resnet18(num_classes=7).eval()
-    tv.load_state_dict(model.state_dict())  # same names as torchvision (DESIGN.md)
+    tv.load_state_dict(model.net.state_dict())  # same names as torchvision (DESIGN.md)
     image = generated_image(90, 120, seed=3)
     batch = preprocess(image, meta)  # RGB 1x3x64x64 uint8
     assert batch.shape == (1, 3, 64, 64) and batch.dtype == np.uint8

@@ -11,6 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.onnx.operators import shape_as_tensor
 
 from ..modeling.backbone import CifarResNet, ResNet
 from ..modeling.fast import to_channels_last
@@ -50,11 +51,20 @@ class Classifier(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.pixel_mean.device, non_blocking=True).float()
-        if self.mean_image is not None and tuple(x.shape[-2:]) == tuple(self.mean_image.shape[-2:]):
-            x = x - self.mean_image
-        else:
-            x = x - self.pixel_mean
-        return x / self.pixel_std
+        return (x - self.subtracted_mean(x)) / self.pixel_std
+
+    def subtracted_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean image for inputs of its own size, its per-channel average for any other size."""
+        if self.mean_image is None:
+            return self.pixel_mean
+        if not torch.jit.is_tracing():
+            return self.mean_image if tuple(x.shape[-2:]) == tuple(self.mean_image.shape[-2:]) else self.pixel_mean
+        # Traced for export (TorchScript, ONNX): a Python size test would freeze the traced size's
+        # branch into the graph, so the graph compares sizes itself. Nearest resizing to the mean
+        # image's own size is the identity; at other sizes its result is discarded by the where.
+        same = (shape_as_tensor(x)[-2:] == shape_as_tensor(self.mean_image)[-2:]).all()
+        image = F.interpolate(self.mean_image[None], size=x.shape[-2:], mode="nearest")[0]
+        return torch.where(same, image, self.pixel_mean)
 
     def forward(self, batch):
         if self.training:
@@ -121,10 +131,13 @@ def build_classifier(cfg, mean_image=None) -> Classifier:
     return to_channels_last(model) if cfg.MODEL.CHANNELS_LAST else model
 
 
-def load_classifier_weights(model: Classifier, path: str) -> dict:
+def load_classifier_weights(model: Classifier, path: str, require_all: bool = False) -> dict:
     """Initialise ``model.net`` from MODEL.WEIGHTS (a pretraining checkpoint or torchvision
     weights), matching by name and shape; an fc of another NUM_CLASSES keeps its initialisation.
-    A recorded per-pixel mean image replaces the model's. Returns the report."""
+    A recorded per-pixel mean image replaces the model's. Returns the report.
+
+    ``require_all``: the file must hold exactly this net (every tensor loads, none left over, as
+    export needs: a deployed model with random layers, or one missing trained blocks, is wrong)."""
     from ..engine.checkpoint import read_weights
 
     sd, meta = read_weights(path)
@@ -135,16 +148,42 @@ def load_classifier_weights(model: Classifier, path: str) -> dict:
             target[k] = v.to(target[k].dtype)
             loaded.append(k)
         elif k in target:
-            reinit.append(f"{k} {tuple(v.shape)} -> {tuple(target[k].shape)}")
+            reinit.append(k)
     unused = [k for k in sd if k not in target]
     missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
     if not loaded:
         raise ValueError(f"MODEL.WEIGHTS {path}: none of its {len(sd)} tensors matches the classifier "
                          f"(e.g. {sorted(sd)[:3]}); expected torchvision names (conv1.weight, layer1.0...)")
+    if require_all and (missing or unused or reinit):
+        raise ValueError(_not_this_net(path, model.net, sd, target, missing, unused, reinit))
     model.net.load_state_dict(target)
     if isinstance(meta.get("mean_image"), torch.Tensor) and model.mean_image is not None:
         model.mean_image = meta["mean_image"].to(model.pixel_mean)
         model.pixel_mean = model.mean_image.mean(dim=(1, 2)).view(3, 1, 1)
+    reinit = [f"{k} {tuple(sd[k].shape)} -> {tuple(target[k].shape)}" for k in reinit]
     logger.info("Loaded %d tensors from %s; re-initialised %d (%s); not in the file %d; unused %d",
                 len(loaded), path, len(reinit), "; ".join(reinit), len(missing), len(unused))
     return {"loaded": loaded, "reinitialized": reinit, "missing": missing, "unused": unused}
+
+
+def _not_this_net(path, net, sd, target, missing, unused, reinit) -> str:
+    """One paragraph: which tensors of `path` do not fit `net`, and the fix."""
+    def some(keys):
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    order = list(target)  # the net's order: conv1 first, the first missing block first
+    parts = []
+    if reinit:
+        reinit = sorted(reinit, key=order.index)
+        parts.append(f"{len(reinit)} differ in shape (" + "; ".join(
+            f"{k} {tuple(sd[k].shape)} in the file, {tuple(target[k].shape)} in the net" for k in reinit[:3]) + ")")
+    if missing:
+        parts.append(f"{len(missing)} of the net's tensors are missing from the file ({some(missing)})")
+    if unused:
+        parts.append(f"{len(unused)} of the file's tensors are not in the net ({some(unused)})")
+    kind = "CIFAR ResNet" if type(net).__name__ == "CifarResNet" else "ResNet"
+    return (f"MODEL.WEIGHTS {path} does not hold the {kind}-{getattr(net, 'depth', '?')} with "
+            f"{net.fc.out_features} classes this config builds: {'; '.join(parts)}. Every trained tensor "
+            "must load exactly; use the config the checkpoint was trained with (MODEL.CLASSIFIER.STYLE, "
+            "MODEL.CLASSIFIER.CIFAR_DEPTH or MODEL.RESNETS.DEPTH, MODEL.CLASSIFIER.NUM_CLASSES, "
+            "MODEL.RESNETS.SHORTCUT), or that config's checkpoint.")

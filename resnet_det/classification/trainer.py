@@ -64,17 +64,25 @@ def mean_image_meta(mean_image: torch.Tensor) -> dict:
     return {"pixel_mean": [float(v) for v in mean_image.mean(dim=(1, 2))], "mean_image": mean_image}
 
 
-def build_eval_model(cfg, weights: str):
-    """The classifier of ``weights`` for evaluation: its recorded mean image if it has one."""
+def build_eval_model(cfg, weights: str, require_all: bool = False):
+    """The classifier of ``weights`` for evaluation (and export): its recorded mean image if it has
+    one. ``require_all``: refuse weights that do not fill the net exactly (load_classifier_weights).
+    A checkpoint whose recorded INPUT.MEAN_MODE contradicts the config is refused: the net would see
+    inputs normalised otherwise than in training."""
+    _, meta = read_weights(weights)
+    trained = meta.get("mean_mode")
+    if trained is not None and trained != cfg.INPUT.MEAN_MODE:
+        raise ValueError(f"MODEL.WEIGHTS {weights} was trained with INPUT.MEAN_MODE {trained}, the config says "
+                         f"INPUT.MEAN_MODE={cfg.INPUT.MEAN_MODE!r}: the net would see inputs normalised "
+                         f"otherwise than in training; set INPUT.MEAN_MODE {trained}")
     mean = None
     if cfg.INPUT.MEAN_MODE == "per_pixel":
-        _, meta = read_weights(weights)
         mean = meta.get("mean_image")
         if mean is None:
             logger.info("MODEL.WEIGHTS records no mean image; computing it from DATASETS.TRAIN")
             mean = compute_mean_image(cfg)
     model = build_classifier(cfg, mean).to(resolve_device(cfg))
-    load_classifier_weights(model, weights)
+    load_classifier_weights(model, weights, require_all=require_all)
     return model
 
 
