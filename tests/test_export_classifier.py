@@ -1,10 +1,11 @@
 """Exporting a trained CIFAR classifier with its shipped config (issue 15, item 4).
 
 configs/cifar10/resnet-20.yaml trained for 2 iterations on tiny generated CIFAR batches, then
-exported with tools/export_model.py as a user types it (per-pixel mean, no override). Oracle: a
+exported with tools/export_model.py's command line (per-pixel mean, no override). Oracle: a
 CifarResNet(20) rebuilt here from the checkpoint file alone (strict load, the mean image from its
 meta, read with torch.load(weights_only=True)) inside the eager `Classifier`, not export's builder.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -55,10 +56,22 @@ def trained(tmp_path_factory):
     return {"dir": d, "weights": str(d / "train" / "model_final.pth"), "env": env}
 
 
-def export(trained, *args, fmt="torchscript", config=CONFIG, out="out"):
+def export(trained, *args, config=CONFIG, out="out"):
+    """tools/export_model.py as a user runs it (a fresh process: exit status, stderr, no traceback)."""
     cmd = [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file", config,
-           "--format", fmt, "--output", str(trained["dir"] / out), *args]
+           "--format", "torchscript", "--output", str(trained["dir"] / out), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=trained["env"], cwd=str(trained["dir"]))
+
+
+def export_here(trained, capsys, *args, fmt="torchscript", config=CONFIG, out="out"):
+    """The same tool's main() in this process (saves a process start per refusal)."""
+    spec = importlib.util.spec_from_file_location("export_model", os.path.join(ROOT, "tools", "export_model.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    capsys.readouterr()
+    rc = tool.main(["--config-file", config, "--format", fmt, "--output", str(trained["dir"] / out), *args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([], rc, captured.out, captured.err)
 
 
 def oracle(weights: str) -> Classifier:
@@ -72,8 +85,8 @@ def oracle(weights: str) -> Classifier:
 
 
 @pytest.mark.parametrize("fmt, atol", [("torchscript", 1e-5), ("onnx", 1e-4)])
-def test_trained_cifar_resnet20_exports_with_its_mean_image(trained, fmt, atol):
-    run = export(trained, "MODEL.WEIGHTS", trained["weights"], fmt=fmt, out=fmt)
+def test_trained_cifar_resnet20_exports_with_its_mean_image(trained, capsys, fmt, atol):
+    run = export_here(trained, capsys, "MODEL.WEIGHTS", trained["weights"], fmt=fmt, out=fmt)
     assert run.returncode == 0, run.stderr
     assert "PASSED" in run.stdout
     artifact = str(trained["dir"] / fmt / ("model.ts" if fmt == "torchscript" else "model.onnx"))
@@ -120,23 +133,25 @@ def assert_refused(run, *words):
 @pytest.mark.parametrize("net, words", [
     (lambda: CifarResNet(56, num_classes=10), ["not in the net", "layer1.3"]),  # extra blocks
     (lambda: torchvision.models.resnet50(num_classes=10), ["conv1.weight", "shape"]),
+    (lambda: torch.nn.Linear(4, 2), ["none of its 2 tensors matches"]),
 ])
-def test_checkpoint_of_another_depth_is_refused(trained, net, words):
+def test_checkpoint_of_another_depth_is_refused(trained, capsys, net, words):
     weights = _save_like(trained, net(), "other_depth.pth")
-    run = export(trained, "MODEL.WEIGHTS", weights, out="refused")
+    run = export_here(trained, capsys, "MODEL.WEIGHTS", weights, out="refused")
     assert_refused(run, "other_depth.pth", *words)
     assert not (trained["dir"] / "refused" / "model.ts").exists()
 
 
-def test_shallower_checkpoint_leaves_required_tensors_missing(trained):
+def test_shallower_checkpoint_leaves_required_tensors_missing(trained, capsys):
     """The trained ResNet-20 checkpoint into the ResNet-56 config: layer1.3.. would stay random."""
-    run = export(trained, "MODEL.WEIGHTS", trained["weights"], config=CONFIG.replace("20", "56"), out="r56")
+    run = export_here(trained, capsys, "MODEL.WEIGHTS", trained["weights"], config=CONFIG.replace("20", "56"),
+                      out="r56")
     assert_refused(run, "model_final.pth", "layer1.3.conv1.weight", "missing")
     assert not (trained["dir"] / "r56" / "model.ts").exists()
 
 
 def test_mean_mode_contradicting_the_checkpoint_is_refused(trained):
     """A per-pixel checkpoint exported as per-channel (the override the bug report needed) would
-    subtract another mean than training did at 32x32."""
+    subtract another mean than training did at 32x32. A real process: one paragraph, no traceback."""
     run = export(trained, "MODEL.WEIGHTS", trained["weights"], "INPUT.MEAN_MODE", "per_channel", out="pc")
     assert_refused(run, "INPUT.MEAN_MODE", "per_pixel")
