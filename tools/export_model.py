@@ -9,6 +9,12 @@ class names, verification). The exported file is run back on the sample image (o
 scene) and a second image of another shape, and compared with eager PyTorch; exit status 1 when
 they differ beyond tolerance. `--verify ARTIFACT` only re-checks an existing export against the
 config and weights.
+
+Classifiers (configs/imagenet, configs/cifar10) are built as pretraining builds them; MODEL.WEIGHTS
+must fill the net exactly, and a per-pixel mean image recorded in it is baked into the graph:
+
+    python tools/export_model.py --config-file configs/cifar10/resnet-20.yaml --format onnx \
+        --output out/cifar MODEL.WEIGHTS output/cifar10_resnet-20/model_final.pth
 """
 import argparse
 import logging
