@@ -11,6 +11,7 @@ from ..engine.run import record_eval_only
 from ..engine.trainer import Trainer, resolve_device
 from ..evaluation import ClassificationEvaluator
 from ..utils import comm
+from ..utils.errors import ConfigError
 from .data import build_classification_test_loader, build_classification_train_loader, compute_mean_image
 from .model import build_classifier, load_classifier_weights
 
@@ -82,7 +83,7 @@ def run_classification(cfg, args) -> dict:
     """The body of tools/pretrain_net.py: evaluate MODEL.WEIGHTS, or train (resuming) then evaluate."""
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
-            raise SystemExit("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
+            raise ConfigError("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
         results = ClassificationTrainer.test(cfg, build_eval_model(cfg, cfg.MODEL.WEIGHTS))
         record_eval_only(cfg, results, protocol=cfg.TEST.CLS_PROTOCOL)
         return results
