@@ -133,3 +133,25 @@ def test_a_bug_still_shows_its_traceback(roots, tmp_path):
                          cwd=REPO)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "Traceback" in res.stderr and "internal invariant broken" in res.stderr
+
+
+class _BadImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        from resnet_det.data.transforms import BadImageError
+
+        raise BadImageError(f"img{i}.jpg: the image file is truncated")
+
+
+def test_a_user_error_from_a_loader_worker_prints_its_own_message():
+    """DataLoader workers re-raise with the worker's traceback inside the message; the paragraph
+    printed is the original message only."""
+    from resnet_det.utils.errors import UserInputError, user_message
+
+    loader = torch.utils.data.DataLoader(_BadImages(), num_workers=1, batch_size=None)
+    with pytest.raises(UserInputError) as e:
+        next(iter(loader))
+    assert "Traceback" in str(e.value)  # what torch puts around it
+    assert user_message(e.value) == "img0.jpg: the image file is truncated"
