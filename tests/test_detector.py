@@ -161,8 +161,7 @@ def test_detector_checkpoint_with_other_num_classes_reinitialises_predictor(tmp_
 def test_weight_conventions_adopted_with_a_log_line(tmp_path, caplog):
     path = tmp_path / "tv.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    cfg = tiny_c4(18)
-    assert cfg.INPUT.FORMAT == "BGR"
+    cfg = tiny_c4(18, "INPUT.FORMAT", "BGR")  # the C4 configs ship in torchvision's RGB: make it differ
     with caplog.at_level(logging.WARNING):
         changed = adopt_weight_conventions(cfg, str(path))
     assert cfg.INPUT.FORMAT == "RGB" and "INPUT.FORMAT" in changed

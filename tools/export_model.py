@@ -23,14 +23,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnet_det.engine.defaults import setup_cfg  # noqa: E402
+from resnet_det.engine.defaults import USER_ERROR_EXIT, report_user_error, setup_cfg_or_exit  # noqa: E402
 from resnet_det.export import (DEFAULT_OPSET, FORMATS, ExportedModel, ExportMismatchError,  # noqa: E402
                                Tolerance, build_eager_model, export_model, format_report,
                                make_export_module, verification_images, verify_exported)
+from resnet_det.utils.errors import UserInputError  # noqa: E402
 from resnet_det.utils.visualizer import read_image  # noqa: E402
 
-MISMATCH_EXIT = 1     # outputs differ from eager PyTorch
-USER_ERROR_EXIT = 2  # bad config, weights, image or option (as argparse)
+MISMATCH_EXIT = 1  # outputs differ from eager PyTorch; USER_ERROR_EXIT (2): bad config, weights, image, option
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,13 +58,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:  # config, weights, image, format mistakes
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+    except UserInputError as e:  # config, weights, image, option mistakes; anything else is a bug
+        report_user_error(e)
         return USER_ERROR_EXIT
 
 
 def run(args) -> int:
-    cfg = setup_cfg(args).clone()
+    cfg = setup_cfg_or_exit(args).clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"  # artifacts are traced on CPU; ONNX files then run on any provider
     cfg.freeze()

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..utils.errors import MissingFileError, WeightsError
 from .key_map import CONVENTIONS, ConversionReport, convert_state_dict, detect_convention
 from .layouts import detect_layout, split_detector
 
@@ -51,18 +52,18 @@ def default_meta(convention: str) -> dict:
 
 
 def check_meta(meta: dict, where: str = "meta") -> dict:
-    """`meta` if it is a complete, sensible record; a ValueError naming the bad key otherwise."""
+    """`meta` if it is a complete, sensible record; a WeightsError (a ValueError) naming the bad key otherwise."""
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
-        raise ValueError(f"{where}: missing keys {missing}; a record has {', '.join(META_KEYS)} "
-                         "(see resnet_det.checkpoint.default_meta)")
+        raise WeightsError(f"{where}: missing keys {missing}; a record has {', '.join(META_KEYS)} "
+                           "(see resnet_det.checkpoint.default_meta)")
     if meta["input_format"] not in ("RGB", "BGR"):
-        raise ValueError(f"{where}: input_format={meta['input_format']!r}: expected 'RGB' or 'BGR'")
+        raise WeightsError(f"{where}: input_format={meta['input_format']!r}: expected 'RGB' or 'BGR'")
     for key in ("pixel_mean", "pixel_std"):
         if len(meta[key]) != 3 or not all(isinstance(v, (int, float)) for v in meta[key]):
-            raise ValueError(f"{where}: {key}={meta[key]!r}: expected 3 numbers (0-255 range)")
+            raise WeightsError(f"{where}: {key}={meta[key]!r}: expected 3 numbers (0-255 range)")
     if not isinstance(meta["stride_in_1x1"], bool):
-        raise ValueError(f"{where}: stride_in_1x1={meta['stride_in_1x1']!r}: expected true or false")
+        raise WeightsError(f"{where}: stride_in_1x1={meta['stride_in_1x1']!r}: expected true or false")
     return meta
 
 
@@ -84,10 +85,10 @@ def meta_mismatches(meta: dict, cfg) -> list[str]:
     return found
 
 
-def missing_weights_error(path: str) -> FileNotFoundError:
+def missing_weights_error(path: str) -> MissingFileError:
     from torchvision.models import ResNet50_Weights
 
-    return FileNotFoundError(
+    return MissingFileError(
         f"weights file {path!r} does not exist. Accepted formats: {ACCEPTED_FORMATS}. To obtain "
         "ImageNet weights when online, torchvision's are e.g. ResNet50_Weights.IMAGENET1K_V1 "
         f"({ResNet50_Weights.IMAGENET1K_V1.url}), fetched by torch.hub.load_state_dict_from_url(url) "
@@ -124,17 +125,24 @@ def _read_pickle(path: str, trusted: bool) -> dict:
             return (pickle.load(f, encoding="latin1") if trusted
                     else _ArrayUnpickler(f, encoding="latin1").load())
         except pickle.UnpicklingError as e:
-            raise ValueError(f"{path}: {e}. If you trust this file, pass trusted=True "
-                             "(tools/convert_weights.py --trusted).") from None
+            raise WeightsError(f"{path}: {e}. If you trust this file, pass trusted=True "
+                               "(tools/convert_weights.py --trusted).") from None
+        except EOFError:
+            raise WeightsError(f"{path}: the pickle ends early (a truncated download or copy?); "
+                               f"accepted: {ACCEPTED_FORMATS}") from None
 
 
 def _read_torch(path: str, trusted: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: holds more than tensors and plain containers, so torch.load("
-                         f"weights_only=True) refused it ({str(e).splitlines()[0]}). If you trust this "
-                         "file, pass trusted=True (tools/convert_weights.py --trusted).") from None
+        raise WeightsError(f"{path}: holds more than tensors and plain containers, so torch.load("
+                           f"weights_only=True) refused it ({str(e).splitlines()[0]}). If you trust this "
+                           "file, pass trusted=True (tools/convert_weights.py --trusted).") from None
+    except (RuntimeError, EOFError) as e:  # torch's zip reader on a cut-off or foreign file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{path}: torch.load cannot read it ({first}): a truncated download or copy, "
+                           f"or not a torch file? Accepted: {ACCEPTED_FORMATS}") from None
 
 
 def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -144,8 +152,8 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torc
         raise missing_weights_error(path)
     obj = _read_pickle(path, trusted) if path.endswith(".pkl") else _read_torch(path, trusted)
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict of weights, found {type(obj).__name__}; "
-                         f"accepted: {ACCEPTED_FORMATS}")
+        raise WeightsError(f"{path}: expected a dict of weights, found {type(obj).__name__}; "
+                           f"accepted: {ACCEPTED_FORMATS}")
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else None
     for wrapper in ("model", "state_dict", "blobs"):
         if isinstance(obj.get(wrapper), dict):

@@ -24,6 +24,7 @@ from ..data.demo import make_classification_set
 from ..data.samplers import InferenceSampler, TrainingSampler, get_rank_and_world_size
 from ..data.shapes_draw import SHAPE_KINDS
 from ..data.transforms import BadImageError, read_image
+from ..utils.errors import ConfigError, DataError
 from .cifar import CIFAR10_CLASSES, CIFAR_LAYOUT, load_cifar10
 from .transforms import TestTransform, TrainTransform, center_crop, resize_shorter
 
@@ -53,8 +54,8 @@ def load_image_folder(dirname: str, name: str = "image folder") -> tuple[list[di
             if f.lower().endswith(IMAGE_EXTENSIONS):
                 dicts.append({"file_name": os.path.join(folder, f), "image_id": len(dicts), "label": label})
     if not dicts:
-        raise ValueError(f"data set {name!r}: {dirname} has no images in class sub-folders "
-                         f"({len(classes)} folders found). Expected layout: {IMAGENET_LAYOUT}")
+        raise DataError(f"data set {name!r}: {dirname} has no images in class sub-folders "
+                        f"({len(classes)} folders found). Expected layout: {IMAGENET_LAYOUT}")
     return dicts, classes
 
 
@@ -103,16 +104,16 @@ def register_classification_builtins(root: str | None = None) -> None:
 def get_classification_dicts(names) -> list[dict]:
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError("no data set names given: set DATASETS.TRAIN / DATASETS.TEST, e.g. "
-                         "DATASETS.TRAIN \"('cls_demo_train',)\"")
+        raise ConfigError("no data set names given: set DATASETS.TRAIN / DATASETS.TEST, e.g. "
+                          "DATASETS.TRAIN \"('cls_demo_train',)\"")
     dicts = []
     for name in names:
         part = DatasetCatalog.get(name)
         if not part:
-            raise ValueError(f"data set {name!r} has no images")
+            raise DataError(f"data set {name!r} has no images")
         if "label" not in part[0]:
-            raise ValueError(f"data set {name!r} has no 'label' in its dicts: it is not a classification set "
-                             f"(evaluator_type {MetadataCatalog.get(name).get('evaluator_type')!r})")
+            raise ConfigError(f"data set {name!r} has no 'label' in its dicts: it is not a classification set "
+                              f"(evaluator_type {MetadataCatalog.get(name).get('evaluator_type')!r})")
         dicts.extend(part)
     return dicts
 
@@ -193,7 +194,7 @@ def build_classification_train_loader(cfg, start_iter: int = 0, dicts: list | No
     rank, world = get_rank_and_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     dicts = get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts
     from ..data.build import _shared_seed
 

@@ -15,6 +15,7 @@ from torch.onnx.operators import shape_as_tensor
 
 from ..modeling.backbone import CifarResNet, ResNet
 from ..modeling.fast import to_channels_last
+from ..utils.errors import ConfigError, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +100,15 @@ def build_net(cfg) -> nn.Module:
     """ResNet (MODEL.CLASSIFIER.STYLE "imagenet", Table 1) or CifarResNet ("cifar", Sec. 4.2)."""
     r, c = cfg.MODEL.RESNETS, cfg.MODEL.CLASSIFIER
     if r.NORM == "FrozenBN":
-        raise ValueError("MODEL.RESNETS.NORM=FrozenBN cannot be trained from scratch: classification "
-                         "pretraining learns the BN statistics; set MODEL.RESNETS.NORM BN (or SyncBN)")
+        raise ConfigError("MODEL.RESNETS.NORM=FrozenBN cannot be trained from scratch: classification "
+                          "pretraining learns the BN statistics; set MODEL.RESNETS.NORM BN (or SyncBN)")
     if c.NUM_CLASSES < 2:
-        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={c.NUM_CLASSES}: expected at least 2")
+        raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={c.NUM_CLASSES}: expected at least 2")
     if c.STYLE == "cifar":
         return CifarResNet(c.CIFAR_DEPTH, num_classes=c.NUM_CLASSES, shortcut=r.SHORTCUT, plain=r.PLAIN,
                            norm=r.NORM, zero_init_residual=r.ZERO_INIT_RESIDUAL)
     if c.STYLE != "imagenet":
-        raise ValueError(f"MODEL.CLASSIFIER.STYLE={c.STYLE!r}: expected imagenet or cifar")
+        raise ConfigError(f"MODEL.CLASSIFIER.STYLE={c.STYLE!r}: expected imagenet or cifar")
     return ResNet(r.DEPTH, num_classes=c.NUM_CLASSES, norm=r.NORM, stride_in_1x1=r.STRIDE_IN_1X1,
                   shortcut=r.SHORTCUT, plain=r.PLAIN, zero_init_residual=r.ZERO_INIT_RESIDUAL,
                   num_groups=r.NUM_GROUPS, width_per_group=r.WIDTH_PER_GROUP,
@@ -118,8 +119,8 @@ def build_classifier(cfg, mean_image=None) -> Classifier:
     """Classifier from the config. INPUT.MEAN_MODE "per_pixel" needs ``mean_image`` (see
     ``data.compute_mean_image``); "per_channel" uses MODEL.PIXEL_MEAN."""
     if cfg.MODEL.META_ARCHITECTURE != "Classifier":
-        raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: the pretraining tool "
-                         "trains 'Classifier' (see configs/imagenet, configs/cifar10)")
+        raise ConfigError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: the pretraining tool "
+                          "trains 'Classifier' (see configs/imagenet, configs/cifar10)")
     if cfg.INPUT.MEAN_MODE == "per_pixel" and mean_image is None:
         raise ValueError("INPUT.MEAN_MODE=per_pixel needs the mean image of the training set "
                          "(resnet_det.classification.compute_mean_image(cfg))")
@@ -152,10 +153,10 @@ def load_classifier_weights(model: Classifier, path: str, require_all: bool = Fa
     unused = [k for k in sd if k not in target]
     missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
     if not loaded:
-        raise ValueError(f"MODEL.WEIGHTS {path}: none of its {len(sd)} tensors matches the classifier "
-                         f"(e.g. {sorted(sd)[:3]}); expected torchvision names (conv1.weight, layer1.0...)")
+        raise WeightsError(f"MODEL.WEIGHTS {path}: none of its {len(sd)} tensors matches the classifier "
+                           f"(e.g. {sorted(sd)[:3]}); expected torchvision names (conv1.weight, layer1.0...)")
     if require_all and (missing or unused or reinit):
-        raise ValueError(_not_this_net(path, model.net, sd, target, missing, unused, reinit))
+        raise WeightsError(_not_this_net(path, model.net, sd, target, missing, unused, reinit))
     model.net.load_state_dict(target)
     if isinstance(meta.get("mean_image"), torch.Tensor) and model.mean_image is not None:
         model.mean_image = meta["mean_image"].to(model.pixel_mean)

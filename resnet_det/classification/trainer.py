@@ -11,6 +11,7 @@ from ..engine.run import record_eval_only
 from ..engine.trainer import Trainer, resolve_device
 from ..evaluation import ClassificationEvaluator
 from ..utils import comm
+from ..utils.errors import ConfigError
 from .data import build_classification_test_loader, build_classification_train_loader, compute_mean_image
 from .model import build_classifier, load_classifier_weights
 
@@ -72,7 +73,7 @@ def build_eval_model(cfg, weights: str, require_all: bool = False):
     _, meta = read_weights(weights)
     trained = meta.get("mean_mode")
     if trained is not None and trained != cfg.INPUT.MEAN_MODE:
-        raise ValueError(f"MODEL.WEIGHTS {weights} was trained with INPUT.MEAN_MODE {trained}, the config says "
+        raise ConfigError(f"MODEL.WEIGHTS {weights} was trained with INPUT.MEAN_MODE {trained}, the config says "
                          f"INPUT.MEAN_MODE={cfg.INPUT.MEAN_MODE!r}: the net would see inputs normalised "
                          f"otherwise than in training; set INPUT.MEAN_MODE {trained}")
     mean = None
@@ -90,7 +91,7 @@ def run_classification(cfg, args) -> dict:
     """The body of tools/pretrain_net.py: evaluate MODEL.WEIGHTS, or train (resuming) then evaluate."""
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
-            raise SystemExit("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
+            raise ConfigError("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
         results = ClassificationTrainer.test(cfg, build_eval_model(cfg, cfg.MODEL.WEIGHTS))
         record_eval_only(cfg, results, protocol=cfg.TEST.CLS_PROTOCOL)
         return results

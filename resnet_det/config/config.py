@@ -7,6 +7,8 @@ import os
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
+from ..utils.errors import ConfigError, MissingFileError
+
 # Keys renamed since a config could have used them: old full key -> new full key.
 RENAMED_KEYS = {
     "MODEL.RESNETS.STRIDE_IN_1x1": "MODEL.RESNETS.STRIDE_IN_1X1",
@@ -48,15 +50,15 @@ class CfgNode(_FvCfgNode):
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         if not os.path.isfile(cfg_filename):
-            raise FileNotFoundError(f"config file {cfg_filename!r} does not exist; shipped configs "
-                                    "are under configs/ (e.g. configs/frcnn_r101_coco.yaml)")
+            raise MissingFileError(f"config file {cfg_filename!r} does not exist; shipped configs "
+                                   "are under configs/ (e.g. configs/frcnn_r101_coco.yaml)")
         with open(cfg_filename, encoding="utf-8") as f:
             try:
                 loaded = yaml.safe_load(f) or {}
             except yaml.YAMLError as e:
-                raise ValueError(f"{cfg_filename}: not valid YAML: {e}") from None
+                raise ConfigError(f"{cfg_filename}: not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{cfg_filename}: expected a mapping of config keys at the top level")
+            raise ConfigError(f"{cfg_filename}: expected a mapping of config keys at the top level")
         self._check_known([k for k, _ in _flatten(loaded)], cfg_filename)
         try:
             super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)

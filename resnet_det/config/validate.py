@@ -1,6 +1,8 @@
 """Value checks: an impossible value names the key, the value and the choices."""
 from __future__ import annotations
 
+from ..utils.errors import ConfigError
+
 _CHOICES = {
     "MODEL.META_ARCHITECTURE": ("GeneralizedRCNN", "Classifier", "Localizer"),
     "MODEL.RESNETS.DEPTH": (18, 34, 50, 101, 152),
@@ -31,11 +33,11 @@ def _get(cfg, key: str):
 
 
 def _fail(key, value, expected):
-    raise ValueError(f"{key}={value!r}: expected {expected}")
+    raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
 def validate_cfg(cfg) -> None:
-    """Raise ValueError naming the first key whose value cannot work."""
+    """Raise ConfigError (a ValueError) naming the first key whose value cannot work."""
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from .catalog import DatasetCatalog, MetadataCatalog
 from .samplers import InferenceSampler, TrainingSampler, get_rank_and_world_size
 from .transforms import DatasetMapper, read_skipped_images
+from ..utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +30,17 @@ def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
     """Concatenate registered data sets; with ``filter_empty`` drop images without a non-crowd box."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError("no data set names given (set DATASETS.TRAIN / DATASETS.TEST, e.g. "
-                         "DATASETS.TRAIN \"('shapes_train',)\")")
+        raise ConfigError("no data set names given (set DATASETS.TRAIN / DATASETS.TEST, e.g. "
+                          "DATASETS.TRAIN \"('shapes_train',)\")")
     dicts, classes = [], None
     for name in names:
         part = DatasetCatalog.get(name)
         if not part:
-            raise ValueError(f"data set {name!r} has no images")
+            raise DataError(f"data set {name!r} has no images")
         these = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and these is not None and list(these) != list(classes):
-            raise ValueError(f"data sets {names[0]!r} and {name!r} have different thing_classes "
-                             f"({list(classes)} vs {list(these)}); they cannot be trained together")
+            raise ConfigError(f"data sets {names[0]!r} and {name!r} have different thing_classes "
+                              f"({list(classes)} vs {list(these)}); they cannot be trained together")
         classes = classes if classes is not None else these
         dicts.extend(part)
     if filter_empty:
@@ -48,8 +49,8 @@ def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
         if before - len(dicts):
             logger.info("removed %d of %d images without (non-crowd) annotations", before - len(dicts), before)
         if not dicts:
-            raise ValueError(f"no image of {names} has a non-crowd annotation "
-                             f"(DATALOADER.FILTER_EMPTY_ANNOTATIONS removed all {before})")
+            raise DataError(f"no image of {names} has a non-crowd annotation "
+                            f"(DATALOADER.FILTER_EMPTY_ANNOTATIONS removed all {before})")
     return dicts
 
 
@@ -177,7 +178,7 @@ def build_detection_train_loader(cfg, mapper=None, start_iter: int = 0, dataset:
     rank, world = get_rank_and_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     if dataset is None:
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     sampler = TrainingSampler(len(dataset), shuffle=True, seed=_shared_seed(cfg.SEED), rank=rank, world_size=world)

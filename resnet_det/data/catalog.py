@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from ..utils.errors import MissingFileError, UnknownNameError
 from .voc import VOC_CLASSES, load_voc_instances
 
 # The data sets root; every built-in path is relative to it (see datasets/README.md).
@@ -21,14 +22,11 @@ def datasets_root() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get(ENV_DATASETS_ROOT, "./datasets")))
 
 
-class UnknownDatasetError(KeyError):
-    """A KeyError whose message prints as written (KeyError's str() would quote it)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+class UnknownDatasetError(UnknownNameError):
+    """A data set name that is not registered (a KeyError whose message prints as written)."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingFileError):
     """A registered data set whose files are not on disk: says what was expected where, and how to fix it."""
 
     def __init__(self, name: str, paths: list[str], layout: str):
@@ -39,9 +37,6 @@ class DatasetNotFoundError(FileNotFoundError):
                f"your files under another name with register_coco_instances / register_pascal_voc. "
                f"{README_HINT}")
         super().__init__(msg)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _unknown(kind: str, name: str, known) -> UnknownDatasetError:

@@ -1,7 +1,7 @@
 """COCO instances json <-> dataset dicts (docs/CONTRACTS.md).
 
 Reading is defensive: each record is checked before pycocotools indexes it, so a broken file gives a
-ValueError naming the file, the image/annotation id and the field, never a KeyError from deep inside.
+DataError naming the file, the image/annotation id and the field, never a KeyError from deep inside.
 Geometry that has an obvious fix is fixed and counted (boxes clipped to the image, empty boxes dropped)
 and summarised in one log line.
 """
@@ -15,6 +15,8 @@ from collections import Counter
 
 from pycocotools.coco import COCO
 
+from ..utils.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,15 +26,15 @@ def _read_json(json_file: str) -> dict:
     try:
         text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as e:
-        raise ValueError(f"{json_file}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
-                         f"COCO json files must be UTF-8 - re-save it as UTF-8") from None
+        raise DataError(f"{json_file}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+                        f"COCO json files must be UTF-8 - re-save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file}: not valid JSON: {e}") from None
+        raise DataError(f"{json_file}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{json_file}: expected a JSON object with keys images, annotations, "
-                         f"categories; got {type(data).__name__}")
+        raise DataError(f"{json_file}: expected a JSON object with keys images, annotations, "
+                        f"categories; got {type(data).__name__}")
     return data
 
 
@@ -43,7 +45,7 @@ class _Checker:
         self.json_file = json_file
 
     def fail(self, where: str, field: str, msg: str):
-        raise ValueError(f"{self.json_file}: {where}: field {field!r} {msg}")
+        raise DataError(f"{self.json_file}: {where}: field {field!r} {msg}")
 
     def int_field(self, rec: dict, field: str, where: str, default=None, positive=False) -> int:
         if field not in rec:
@@ -151,7 +153,7 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
 
     Category ids are mapped to 0..K-1 in increasing id order; with ``dataset_name`` the mapping
     (``thing_dataset_id_to_contiguous_id``) and ``thing_classes`` are stored in its metadata.
-    Raises ValueError naming the file, record and field for data that cannot be fixed safely.
+    Raises DataError (a ValueError) naming the file, record and field for data that cannot be fixed safely.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     ck = _Checker(json_file)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..utils.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 LAST = "last_checkpoint"
@@ -77,6 +79,7 @@ class Checkpointer:
     def __init__(self, model: nn.Module, output_dir: str, meta: dict | None = None, **objects):
         self.model, self.output_dir, self.meta = model, output_dir, meta or {}
         self.objects = {k: v for k, v in objects.items() if v is not None}
+        self.resumed_from: str | None = None
 
     def save(self, name: str, **extra) -> str:
         state = {"model": _unwrap(self.model).state_dict(), "meta": self.meta, "rng": rng_state(), **extra}
@@ -90,41 +93,62 @@ class Checkpointer:
         return path
 
     def candidates(self) -> list[str]:
-        """Checkpoints to resume from, newest first: the `last_checkpoint` pointer, then by iteration."""
-        found = []
-        pointer = os.path.join(self.output_dir, LAST)
-        if os.path.isfile(pointer):
-            with open(pointer, encoding="utf-8") as f:
-                found.append(os.path.join(self.output_dir, f.read().strip()))
-
-        def iteration(p):
-            m = re.search(r"model_(\d+)\.pth$", p)
-            return int(m.group(1)) if m else (float("inf") if p.endswith("model_final.pth") else -1)
-
-        files = glob.glob(os.path.join(self.output_dir, "model_*.pth"))
-        found += sorted((p for p in files if iteration(p) >= 0), key=iteration, reverse=True)
-        return list(dict.fromkeys(p for p in found if os.path.isfile(p)))
+        return checkpoint_candidates(self.output_dir)
 
     def resume(self) -> dict | None:
-        """Load the newest readable checkpoint (skipping corrupt ones with a warning); None if none."""
-        for path in self.candidates():
+        """Load the newest readable checkpoint (skipping corrupt ones with a warning); None if none.
+        The path it came from is kept in `self.resumed_from`."""
+        path, state = newest_checkpoint(self.output_dir)
+        self.resumed_from = path
+        if state is None:
+            return None
+        _unwrap(self.model).load_state_dict(state["model"])
+        for key, obj in self.objects.items():
+            if key in state:
+                obj.load_state_dict(state[key])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        logger.info("Resumed from %s at iteration %d", path, state["iteration"])
+        return state
+
+
+def checkpoint_candidates(output_dir: str) -> list[str]:
+    """Checkpoints to resume from, newest first: the `last_checkpoint` pointer, then by iteration."""
+    found = []
+    pointer = os.path.join(output_dir, LAST)
+    if os.path.isfile(pointer):
+        with open(pointer, encoding="utf-8") as f:
+            found.append(os.path.join(output_dir, f.read().strip()))
+
+    def iteration(p):
+        m = re.search(r"model_(\d+)\.pth$", p)
+        return int(m.group(1)) if m else (float("inf") if p.endswith("model_final.pth") else -1)
+
+    files = glob.glob(os.path.join(output_dir, "model_*.pth"))
+    found += sorted((p for p in files if iteration(p) >= 0), key=iteration, reverse=True)
+    return list(dict.fromkeys(p for p in found if os.path.isfile(p)))
+
+
+def newest_checkpoint(output_dir: str, mmap: bool = False) -> tuple[str | None, dict | None]:
+    """(path, state) of the checkpoint `--resume` continues from: the newest readable one, skipping
+    corrupt ones with a warning; (None, None) if there is none. With `mmap` the tensors are mapped,
+    not read (cheap when only the meta record is wanted)."""
+    for path in checkpoint_candidates(output_dir):
+        try:
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
-                    raise ValueError("not a resnet_det training checkpoint (no model/iteration)")
-            except Exception as e:  # truncated file, wrong format, ...
-                logger.warning("Skipping unreadable checkpoint %s (%s: %s); trying an older one",
-                               path, type(e).__name__, e)
-                continue
-            _unwrap(self.model).load_state_dict(state["model"])
-            for key, obj in self.objects.items():
-                if key in state:
-                    obj.load_state_dict(state[key])
-            if "rng" in state:
-                set_rng_state(state["rng"])
-            logger.info("Resumed from %s at iteration %d", path, state["iteration"])
-            return state
-        return None
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError:
+                if not mmap:
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)  # not a zip file: read it
+            if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+                raise ValueError("not a resnet_det training checkpoint (no model/iteration)")
+        except Exception as e:  # truncated file, wrong format, ...
+            logger.warning("Skipping unreadable checkpoint %s (%s: %s); trying an older one",
+                           path, type(e).__name__, e)
+            continue
+        return path, state
+    return None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +157,7 @@ class Checkpointer:
 def read_weights(path: str) -> tuple[dict, dict]:
     """(state_dict of tensors, meta) from a .pth/.pkl file; a one-paragraph error when missing."""
     if not path:
-        raise ValueError("MODEL.WEIGHTS is empty")
+        raise ConfigError("MODEL.WEIGHTS is empty: give a weights file (MODEL.WEIGHTS path/to/weights.pth)")
     from ..checkpoint.io import read_checkpoint  # .pth and .pkl, unwraps {"model": ...}, names formats
 
     sd, meta = read_checkpoint(path)
@@ -162,7 +186,7 @@ def adopt_weight_conventions(cfg, path: str) -> list[str]:
     meta = weights_meta(path)
     changed = []
     for key, (group, name) in META_KEYS.items():
-        if key in meta and _differs(cfg[group][name], meta[key]):
+        if key in meta and values_differ(cfg[group][name], meta[key]):
             logger.warning("MODEL.WEIGHTS %s expects %s.%s=%s (config has %s); adopting the weights' value",
                            path, group, name, meta[key], cfg[group][name])
             value = meta[key]
@@ -176,7 +200,7 @@ def adopt_weight_conventions(cfg, path: str) -> list[str]:
     return changed
 
 
-def _differs(a, b) -> bool:
+def values_differ(a, b) -> bool:
     if isinstance(a, str) or isinstance(b, str):
         return str(a) != str(b)
     return not np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))

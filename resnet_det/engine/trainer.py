@@ -15,6 +15,7 @@ from ..modeling.fast import DeviceMeter, configure_backends
 from ..utils import comm
 from ..utils.events import MetricsWriter, ProgressPrinter
 from .checkpoint import Checkpointer, load_model_weights
+from .resume import check_resumed_conventions, run_conventions
 from .solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger("resnet_det.train")
@@ -97,10 +98,12 @@ class Trainer:
 
     @staticmethod
     def weights_meta(cfg) -> dict:
-        """The input conventions recorded in every checkpoint (see engine.checkpoint)."""
+        """The input conventions recorded in every checkpoint: what the weights expect (read when they
+        are MODEL.WEIGHTS, see engine.checkpoint) and, under "config", the config values this run
+        trained with (restored by --resume, see engine.resume)."""
         return {"input_format": cfg.INPUT.FORMAT, "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
                 "pixel_std": list(cfg.MODEL.PIXEL_STD), "stride_in_1x1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
-                "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det"}
+                "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det", "config": run_conventions(cfg)}
 
     # ---- state ---------------------------------------------------------------------------------
     def resume_or_load(self, resume: bool = True) -> None:
@@ -108,6 +111,7 @@ class Trainer:
         otherwise initialise from MODEL.WEIGHTS (if set)."""
         state = self.checkpointer.resume() if resume else None
         if state is not None:
+            check_resumed_conventions(self.cfg, state.get("meta"), self.checkpointer.resumed_from)
             self.start_iter = state["iteration"] + 1
             self.best = state.get("best")
             self.nonfinite_skipped = state.get("nonfinite_skipped", 0)

@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main, unique_images
+from ..utils.errors import MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class COCOEvaluator(DatasetEvaluator):
         else:
             path = os.fspath(ground_truth)
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
+                raise MissingFileError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
             self._coco, _ = _quiet(COCO, path)
 
         cats = sorted(self._coco.loadCats(self._coco.getCatIds()), key=lambda c: c["id"])

@@ -23,6 +23,7 @@ import torch
 import torchvision
 
 from ..modeling.backbone import CifarResNet
+from ..utils.errors import ConfigError, MissingFileError
 
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 MIN_OPSET = 11  # torchvision registers roi_align / nms ONNX symbolics from opset 11
@@ -65,9 +66,9 @@ def export_artifact(module: torch.nn.Module, example: torch.Tensor, fmt: str, ou
                     model_type: str, opset: int = DEFAULT_OPSET) -> str:
     """Export `module` (a wrapper from wrappers.py) traced on `example`; returns the file path."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "onnx" and opset < MIN_OPSET:
-        raise ValueError(f"--opset {opset}: torchvision's RoIAlign and NMS need ONNX opset >= {MIN_OPSET}")
+        raise ConfigError(f"--opset {opset}: torchvision's RoIAlign and NMS need ONNX opset >= {MIN_OPSET}")
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, FORMATS[fmt])
     module = module.eval()
@@ -176,7 +177,7 @@ def write_metadata(meta: dict, artifact: str) -> str:
 def read_metadata(artifact: str) -> dict:
     path = metadata_path(artifact)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path!r} not found: an exported model needs the metadata JSON that "
+        raise MissingFileError(f"{path!r} not found: an exported model needs the metadata JSON that "
                                 "tools/export_model.py writes beside it (input convention, class names)")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -218,7 +219,7 @@ class ExportedModel:
 
     def __init__(self, path: str):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--model {path!r}: no such file (export one with tools/export_model.py)")
+            raise MissingFileError(f"--model {path!r}: no such file (export one with tools/export_model.py)")
         self.path, self.meta = path, read_metadata(path)
         self.format = self.meta["format"]
         if self.format == "torchscript":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ..utils.errors import ConfigError
 
 MODEL_TYPES = {"GeneralizedRCNN": "detector", "Classifier": "classifier"}
 
@@ -18,7 +19,7 @@ def model_type_of(cfg) -> str:
     """"detector" or "classifier" from MODEL.META_ARCHITECTURE; a clear error for anything else."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch not in MODEL_TYPES:
-        raise ValueError(f"MODEL.META_ARCHITECTURE={arch!r}: export supports "
+        raise ConfigError(f"MODEL.META_ARCHITECTURE={arch!r}: export supports "
                          f"{', '.join(MODEL_TYPES)} (Faster R-CNN C4/FPN and the classification nets)")
     return MODEL_TYPES[arch]
 
@@ -44,7 +45,7 @@ def build_eager_model(cfg) -> nn.Module:
     if cfg.MODEL.WEIGHTS:
         return build_eval_model(cfg, cfg.MODEL.WEIGHTS, require_all=True).to("cpu").eval()
     if cfg.INPUT.MEAN_MODE == "per_pixel":
-        raise ValueError("INPUT.MEAN_MODE=per_pixel: export bakes the mean image the net was trained with "
+        raise ConfigError("INPUT.MEAN_MODE=per_pixel: export bakes the mean image the net was trained with "
                          "into the graph; set MODEL.WEIGHTS to the pretraining checkpoint that records it")
     return build_classifier(cfg).to("cpu").eval()
 

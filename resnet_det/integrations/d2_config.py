@@ -5,6 +5,12 @@ needs detectron2) builds the backbones from what these functions return.
 """
 from __future__ import annotations
 
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
 # resnet_det's keys that detectron2's config lacks, with their defaults (resnet_det/config/defaults.py).
 RESNET_DET_D2_DEFAULTS: dict[str, object] = {
     "MODEL.RESNETS.SHORTCUT": "B",              # Table 3 option: "A", "B" or "C"
@@ -31,6 +37,22 @@ def add_resnet_det_config(cfg):
         if leaf not in node:
             setattr(node, leaf, value)
     return cfg
+
+
+def choose_d2_device(cfg, opts=()) -> str:
+    """Pick MODEL.DEVICE as tools/train_net.py does ("auto"): CUDA when there is one, else the CPU.
+
+    detectron2's default "cuda" stops a CPU-only machine with "Found no NVIDIA driver"; so unless the
+    command line names a device itself (`MODEL.DEVICE ...` in `opts`), a "cuda" device becomes "cpu"
+    there, with a log line. Call it after merging, before freezing. Returns the device.
+    """
+    device = str(cfg.MODEL.DEVICE)
+    asked = "MODEL.DEVICE" in [str(k) for k in list(opts)[0::2]]
+    if device.startswith("cuda") and not asked and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but this machine has no CUDA device: using cpu (pass MODEL.DEVICE "
+                       "to choose yourself)", device)
+        cfg.MODEL.DEVICE = device = "cpu"
+    return device
 
 
 def _get(cfg, full_key: str):

@@ -18,9 +18,10 @@ except ImportError as e:  # detectron2 is optional: say how to get it
     raise ImportError(
         "resnet_det.integrations.detectron2 needs detectron2, which is not importable here "
         f"({e}). No working detectron2 build is on PyPI; install it from source against your "
-        "torch: pip install 'git+https://github.com/facebookresearch/detectron2.git' (or git clone "
-        "https://github.com/facebookresearch/detectron2 && pip install -e detectron2; needs a C++ "
-        "compiler, and nvcc for GPU ops). See resnet_det/integrations/README.md.") from e
+        "torch: pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
+        "(or git clone https://github.com/facebookresearch/detectron2 && pip install --no-build-isolation "
+        "-e detectron2; --no-build-isolation lets its setup.py see your torch; needs a C++ compiler, and "
+        "nvcc for GPU ops). See resnet_det/integrations/README.md.") from e
 
 from resnet_det.modeling.backbone.resnet import ResNet
 

@@ -26,6 +26,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 from ..modeling.backbone import ResNet, resnet_kwargs_from_cfg
 from ..modeling.backbone.build import warn_frozen_random_init
 from ..modeling.fast import to_channels_last
+from ..utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -209,17 +210,17 @@ def build_localizer(cfg) -> Localizer:
     """
     m = cfg.MODEL
     if m.META_ARCHITECTURE != "Localizer":
-        raise ValueError(f"MODEL.META_ARCHITECTURE={m.META_ARCHITECTURE!r}: build_localizer builds 'Localizer'")
+        raise ConfigError(f"MODEL.META_ARCHITECTURE={m.META_ARCHITECTURE!r}: build_localizer builds 'Localizer'")
     feat = m.LOCALIZER.IN_FEATURE
     if feat not in IN_FEATURES:
-        raise ValueError(f"MODEL.LOCALIZER.IN_FEATURE={feat!r}: expected one of {', '.join(IN_FEATURES)}")
+        raise ConfigError(f"MODEL.LOCALIZER.IN_FEATURE={feat!r}: expected one of {', '.join(IN_FEATURES)}")
     sizes, ratios = m.ANCHOR_GENERATOR.SIZES, m.ANCHOR_GENERATOR.ASPECT_RATIOS
     if len(sizes) != 1 or len(ratios) != 1:
-        raise ValueError(f"MODEL.ANCHOR_GENERATOR.SIZES={sizes} / ASPECT_RATIOS={ratios}: the Localizer reads "
-                         "one feature map, so give one list each, e.g. [[32, 64, 128, 256]] and [[0.5, 1.0, 2.0]]")
+        raise ConfigError(f"MODEL.ANCHOR_GENERATOR.SIZES={sizes} / ASPECT_RATIOS={ratios}: the Localizer reads "
+                          "one feature map, so give one list each, e.g. [[32, 64, 128, 256]] and [[0.5, 1.0, 2.0]]")
     k = m.CLASSIFIER.NUM_CLASSES
     if k < 1:
-        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={k}: expected at least 1")
+        raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={k}: expected at least 1")
     warn_frozen_random_init(cfg)
     net = ResNet(num_classes=k, out_features=list(dict.fromkeys([feat, "res5"])), **resnet_kwargs_from_cfg(cfg))
     anchors = cell_anchors(sizes[0], ratios[0])

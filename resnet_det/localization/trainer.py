@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..engine import Trainer
+from ..utils.errors import ConfigError, WeightsError
 from .model import build_localizer, load_localizer_weights
 
 logger = logging.getLogger("resnet_det.train")
@@ -17,8 +18,8 @@ def check_num_classes(cfg, dataset_names) -> None:
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.CLASSIFIER.NUM_CLASSES:
-            raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={cfg.MODEL.CLASSIFIER.NUM_CLASSES} but data set "
-                             f"{name!r} has {len(classes)} classes; set MODEL.CLASSIFIER.NUM_CLASSES {len(classes)}")
+            raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={cfg.MODEL.CLASSIFIER.NUM_CLASSES} but data set "
+                              f"{name!r} has {len(classes)} classes; set MODEL.CLASSIFIER.NUM_CLASSES {len(classes)}")
 
 
 class LocalizerTrainer(Trainer):
@@ -67,6 +68,6 @@ class LocalizerTrainer(Trainer):
         load_localizer_weights) as well as a Localizer checkpoint."""
         self.weights_report = load_localizer_weights(self.model, path)
         if not self.weights_report["loaded"]:
-            raise ValueError(f"MODEL.WEIGHTS {path!r}: no tensor matched the Localizer "
-                             f"(unused: {self.weights_report['unused'][:5]} ...); expected classification "
-                             "ResNet weights (torchvision/detectron2/MSRA names) or a Localizer checkpoint")
+            raise WeightsError(f"MODEL.WEIGHTS {path!r}: no tensor matched the Localizer "
+                               f"(unused: {self.weights_report['unused'][:5]} ...); expected classification "
+                               "ResNet weights (torchvision/detectron2/MSRA names) or a Localizer checkpoint")
