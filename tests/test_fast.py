@@ -149,7 +149,7 @@ def nhwc(t):
 def test_fused_blocks_equal_the_blocks_own_forward(monkeypatch, depth, kw):
     """CPU NHWC inference: each folded conv runs with its ReLU and the residual addition in one oneDNN
     call, on weights packed once; the oracle is the same model with the blocks' own forward."""
-    if fast_module._POINTWISE_CONV is None:
+    if fast_module._pointwise_conv_op() is None:
         pytest.skip("this PyTorch build has no oneDNN")
     fused = to_channels_last(net(depth, **kw).eval())
     fold_frozen_bn(fused)
@@ -209,7 +209,7 @@ def test_fused_blocks_fall_back_where_they_must(monkeypatch):
     fused(inp).sum().backward()
     assert inp.grad is not None and fused.layer1[0].conv1.weight.grad is not None
     assert not calls
-    if fast_module._POINTWISE_CONV is not None:  # frozen blocks (FREEZE_AT) fuse in training too
+    if fast_module._pointwise_conv_op() is not None:  # frozen blocks (FREEZE_AT) fuse in training too
         fused.train()
         for m in (fused.conv1, fused.bn1, fused.layer1):  # FREEZE_AT 2: stem and res2
             for p in m.parameters():
@@ -317,3 +317,35 @@ def test_every_builder_applies_channels_last_itself():
         conv1 = getattr(model, "backbone", None)
         weight = (conv1.body.conv1 if conv1 is not None else model.conv1).weight
         assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_private_internals_outside_checked_versions_fall_back_once(monkeypatch, caplog):
+    """A newer torch (or a torchvision without the private pooler functions) runs the public ops:
+    same outputs, one log line, no oneDNN fused calls, torchvision's MultiScaleRoIAlign."""
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops import poolers
+
+    from resnet_det.utils import compat
+
+    assert compat.private_internals_ok()  # the pinned stack is inside the checked range
+    calls = []
+    real = fast_module._conv_relu
+    monkeypatch.setattr(fast_module, "_conv_relu", lambda *a: calls.append(1) or real(*a))
+    for patch, reason in ((lambda m: m.setattr(torch, "__version__", "2.15.0"), "torch 2.15.0 is outside"),
+                          (lambda m: m.delattr(poolers, "_setup_scales"), "has no _setup_scales")):
+        with monkeypatch.context() as m:
+            patch(m)
+            m.setattr(compat, "_verdict", None)  # decide again, as a fresh process would
+            caplog.clear()
+            fused, plain = to_channels_last(net(50).eval()), net(50).eval()
+            fold_frozen_bn(fused)
+            with torch.no_grad():
+                for _ in range(2):
+                    torch.testing.assert_close(fused(nhwc(x())), plain(x()), rtol=1e-4, atol=1e-4)
+            model = build_model(detector_cfg("Base-RCNN-FPN.yaml"))
+            assert type(model.roi_heads.box_roi_pool) is MultiScaleRoIAlign
+            assert not calls
+            logged = [r.getMessage() for r in caplog.records if "Fast path" in r.getMessage()]
+            assert len(logged) == 1 and reason in logged[0], logged
+    monkeypatch.setattr(compat, "_verdict", None)
+    assert compat.private_internals_ok()  # and back on the real stack
