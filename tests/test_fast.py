@@ -194,8 +194,10 @@ def test_fused_blocks_fall_back_where_they_must(monkeypatch):
         # NCHW input: the stem's NHWC weights make its output NHWC, so the blocks may fuse.
         torch.testing.assert_close(fused(x()), ref, rtol=1e-4, atol=1e-4)
         calls.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fused(nhwc(x()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN's fused call would run float32
+            out = fused(nhwc(x()))
+        assert out.dtype == torch.bfloat16 and not calls  # autocast applied, by the blocks' own forward
+        assert_rel_close(out.float(), ref, tol=3e-2, msg="bfloat16 autocast")  # bf16: 8-bit mantissa
         seen = []
         handle = fused.layer1[0].conv2.register_forward_hook(lambda *a: seen.append(1))
         fused(nhwc(x()))  # a hook on a block's conv still fires: that block runs unfused
@@ -270,6 +272,36 @@ def test_detector_switches_equal_outputs_and_losses(base, head):
         losses[name] = m.train()(batch())
     for k, v in losses["plain"].items():
         torch.testing.assert_close(losses["fast"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_compile_switch_runs_and_keeps_outputs(monkeypatch):
+    """MODEL.COMPILE through build_model: dynamo captures the folded backbone and the detections equal
+    the plain model's. Backend aot_eager (dynamo + AOTAutograd tracing, no code generation): inductor's
+    C++ compilation of this backbone takes about two minutes on the 2-core test machine."""
+    graphs = []
+
+    def aot_eager_counting(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.registry.lookup_backend("aot_eager")(gm, example_inputs)
+
+    real = fast_module.compile_backbone
+    monkeypatch.setattr(fast_module, "compile_backbone", lambda m, **kw: real(m, backend=aot_eager_counting))
+    torch._dynamo.reset()
+    plain = pretrained_like_norms(build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_FROZEN_BN", False)))
+    compiled = build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.COMPILE", True))
+    compiled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for m in (plain, compiled):
+            m.roi_heads.box_predictor.cls_score.bias[1:] += 4.0  # so that random weights detect boxes
+    try:
+        with torch.no_grad():
+            ref, out = (m.eval()([{"image": batch()[0]["image"]}])[0]["instances"] for m in (plain, compiled))
+    finally:
+        torch._dynamo.reset()
+    assert graphs, "the backbone was not compiled"
+    assert len(ref["boxes"]) > 0 and out["boxes"].shape == ref["boxes"].shape
+    torch.testing.assert_close(out["boxes"], ref["boxes"], atol=1e-2, rtol=0)
+    torch.testing.assert_close(out["scores"], ref["scores"], atol=1e-4, rtol=0)
 
 
 def test_apply_fast_path_switches_and_compile_keeps_keys():
