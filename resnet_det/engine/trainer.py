@@ -66,6 +66,9 @@ class Trainer:
         self._stop = threading.Event()
         amp = cfg.SOLVER.AMP
         self.amp_dtype = getattr(torch, amp.DTYPE) if amp.ENABLED and self.device.type == "cuda" else None
+        if amp.ENABLED and self.amp_dtype is None:
+            logger.warning("SOLVER.AMP.ENABLED applies on CUDA only: on %s the model trains in float32",
+                           self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
     # ---- what to train: override these -------------------------------------------------------
