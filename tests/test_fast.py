@@ -381,3 +381,16 @@ def test_private_internals_outside_checked_versions_fall_back_once(monkeypatch, 
             assert len(logged) == 1 and reason in logged[0], logged
     monkeypatch.setattr(compat, "_verdict", None)
     assert compat.private_internals_ok()  # and back on the real stack
+
+
+def test_setup_bounds_agree_with_the_private_internals_gate():
+    """setup.py's lowest torch/torchvision is where the gate's checked range starts (one minimum)."""
+    import re
+
+    from resnet_det.utils.compat import VERIFIED_VERSIONS
+
+    text = open(os.path.join(REPO, "setup.py")).read()
+    for lib in ("torch", "torchvision"):
+        low = re.search(rf'"{lib}>=(\d+)\.(\d+)', text)
+        assert low and (int(low[1]), int(low[2])) == VERIFIED_VERSIONS[lib][0], lib
+    assert 'python_requires=">=3.10"' in text  # zip(strict=True) needs 3.10
