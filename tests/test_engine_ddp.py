@@ -1,6 +1,6 @@
 """SOLVER.ON_NONFINITE skip under DDP: the skip is decided by all ranks together, so a non-finite
 loss on one rank skips the same step everywhere instead of leaving the others waiting in all-reduce.
-Two gloo processes on CPU, a tiny model, a short process-group timeout so a regression fails fast."""
+Two gloo processes on CPU, a tiny model, a 60 s process-group timeout so a regression fails fast."""
 import json
 import time
 from datetime import timedelta
@@ -58,7 +58,7 @@ class TinyTrainer(Trainer):
 
 def _worker(rank, store, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=30))  # a rank left waiting fails in 30 s, not 30 min
+                            timeout=timedelta(seconds=60))  # a rank left waiting fails in 60 s, not 30 min
     try:
         torch.set_num_threads(1)
         cfg = get_cfg()

@@ -60,7 +60,7 @@ def test_autocast_bfloat16_outputs_near_float32(tmp_path):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
             losses[name] = model.train()(tiny_batch())
     for k, v in losses["fp32"].items():
-        assert float(losses["bf16"][k]) == pytest.approx(float(v), rel=5e-2, abs=1e-3), k
+        assert losses["bf16"][k].item() == pytest.approx(v.item(), rel=5e-2, abs=1e-3), k
 
 
 def test_amp_training_step(shapes_root, tmp_path, caplog):
