@@ -148,7 +148,19 @@ def test_loss_spike_is_clipped_not_fatal(shapes_root, tmp_path):
             return model
 
     t = Spike(tiny_cfg(str(tmp_path), "SOLVER.MAX_ITER", 2, "DATASETS.TEST", "()", "SOLVER.CLIP_GRADIENTS", 1.0))
+    applied = []  # the global gradient norm each optimizer step actually uses
+
+    def grad_norm_at_step(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    t.optimizer.register_step_pre_hook(grad_norm_at_step)
     t.train()
+    raw = [x["grad_norm"] for x in map(json.loads, open(os.path.join(str(tmp_path), "metrics.json")))
+           if "grad_norm" in x]  # logged before clipping
+    assert len(raw) == len(applied) == 2
+    assert all(r > 100 for r in raw)  # the spike is far above SOLVER.CLIP_GRADIENTS
+    assert applied == pytest.approx([1.0, 1.0], rel=1e-4)  # and the steps used gradients clipped to it
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
 
 

@@ -149,7 +149,7 @@ def nhwc(t):
 def test_fused_blocks_equal_the_blocks_own_forward(monkeypatch, depth, kw):
     """CPU NHWC inference: each folded conv runs with its ReLU and the residual addition in one oneDNN
     call, on weights packed once; the oracle is the same model with the blocks' own forward."""
-    if fast_module._POINTWISE_CONV is None:
+    if fast_module._pointwise_conv_op() is None:
         pytest.skip("this PyTorch build has no oneDNN")
     fused = to_channels_last(net(depth, **kw).eval())
     fold_frozen_bn(fused)
@@ -194,8 +194,11 @@ def test_fused_blocks_fall_back_where_they_must(monkeypatch):
         # NCHW input: the stem's NHWC weights make its output NHWC, so the blocks may fuse.
         torch.testing.assert_close(fused(x()), ref, rtol=1e-4, atol=1e-4)
         calls.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fused(nhwc(x()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN's fused call would run float32
+            out = fused(nhwc(x()))
+            fused.layer1(nhwc(torch.randn(2, 64, 16, 16)))  # float32 NHWC input: fusable but for autocast
+        assert out.dtype == torch.bfloat16 and not calls  # autocast applied; no float32-only fused call
+        assert_rel_close(out.float(), ref, tol=3e-2, msg="bfloat16 autocast")  # bf16: 8-bit mantissa
         seen = []
         handle = fused.layer1[0].conv2.register_forward_hook(lambda *a: seen.append(1))
         fused(nhwc(x()))  # a hook on a block's conv still fires: that block runs unfused
@@ -209,7 +212,7 @@ def test_fused_blocks_fall_back_where_they_must(monkeypatch):
     fused(inp).sum().backward()
     assert inp.grad is not None and fused.layer1[0].conv1.weight.grad is not None
     assert not calls
-    if fast_module._POINTWISE_CONV is not None:  # frozen blocks (FREEZE_AT) fuse in training too
+    if fast_module._pointwise_conv_op() is not None:  # frozen blocks (FREEZE_AT) fuse in training too
         fused.train()
         for m in (fused.conv1, fused.bn1, fused.layer1):  # FREEZE_AT 2: stem and res2
             for p in m.parameters():
@@ -272,6 +275,36 @@ def test_detector_switches_equal_outputs_and_losses(base, head):
         torch.testing.assert_close(losses["fast"][k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_compile_switch_runs_and_keeps_outputs(monkeypatch):
+    """MODEL.COMPILE through build_model: dynamo captures the folded backbone and the detections equal
+    the plain model's. Backend aot_eager (dynamo + AOTAutograd tracing, no code generation): inductor's
+    C++ compilation of this backbone takes about two minutes on the 2-core test machine."""
+    graphs = []
+
+    def aot_eager_counting(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.registry.lookup_backend("aot_eager")(gm, example_inputs)
+
+    real = fast_module.compile_backbone
+    monkeypatch.setattr(fast_module, "compile_backbone", lambda m, **kw: real(m, backend=aot_eager_counting))
+    torch._dynamo.reset()
+    plain = pretrained_like_norms(build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_FROZEN_BN", False)))
+    compiled = build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.COMPILE", True))
+    compiled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for m in (plain, compiled):
+            m.roi_heads.box_predictor.cls_score.bias[1:] += 4.0  # so that random weights detect boxes
+    try:
+        with torch.no_grad():
+            ref, out = (m.eval()([{"image": batch()[0]["image"]}])[0]["instances"] for m in (plain, compiled))
+    finally:
+        torch._dynamo.reset()
+    assert graphs, "the backbone was not compiled"
+    assert len(ref["boxes"]) > 0 and out["boxes"].shape == ref["boxes"].shape
+    torch.testing.assert_close(out["boxes"], ref["boxes"], atol=1e-2, rtol=0)
+    torch.testing.assert_close(out["scores"], ref["scores"], atol=1e-4, rtol=0)
+
+
 def test_apply_fast_path_switches_and_compile_keeps_keys():
     cfg = detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_FROZEN_BN", False)
     model = build_model(cfg)
@@ -317,3 +350,48 @@ def test_every_builder_applies_channels_last_itself():
         conv1 = getattr(model, "backbone", None)
         weight = (conv1.body.conv1 if conv1 is not None else model.conv1).weight
         assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_private_internals_outside_checked_versions_fall_back_once(monkeypatch, caplog):
+    """A newer torch (or a torchvision without the private pooler functions) runs the public ops:
+    same outputs, one log line, no oneDNN fused calls, torchvision's MultiScaleRoIAlign."""
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops import poolers
+
+    from resnet_det.utils import compat
+
+    assert compat.private_internals_ok()  # the pinned stack is inside the checked range
+    calls = []
+    real = fast_module._conv_relu
+    monkeypatch.setattr(fast_module, "_conv_relu", lambda *a: calls.append(1) or real(*a))
+    for patch, reason in ((lambda m: m.setattr(torch, "__version__", "2.15.0"), "torch 2.15.0 is outside"),
+                          (lambda m: m.delattr(poolers, "_setup_scales"), "has no _setup_scales")):
+        with monkeypatch.context() as m:
+            patch(m)
+            m.setattr(compat, "_verdict", None)  # decide again, as a fresh process would
+            caplog.clear()
+            fused, plain = to_channels_last(net(50).eval()), net(50).eval()
+            fold_frozen_bn(fused)
+            with torch.no_grad():
+                for _ in range(2):
+                    torch.testing.assert_close(fused(nhwc(x())), plain(x()), rtol=1e-4, atol=1e-4)
+            model = build_model(detector_cfg("Base-RCNN-FPN.yaml"))
+            assert type(model.roi_heads.box_roi_pool) is MultiScaleRoIAlign
+            assert not calls
+            logged = [r.getMessage() for r in caplog.records if "Fast path" in r.getMessage()]
+            assert len(logged) == 1 and reason in logged[0], logged
+    monkeypatch.setattr(compat, "_verdict", None)
+    assert compat.private_internals_ok()  # and back on the real stack
+
+
+def test_setup_bounds_agree_with_the_private_internals_gate():
+    """setup.py's lowest torch/torchvision is where the gate's checked range starts (one minimum)."""
+    import re
+
+    from resnet_det.utils.compat import VERIFIED_VERSIONS
+
+    text = open(os.path.join(REPO, "setup.py")).read()
+    for lib in ("torch", "torchvision"):
+        low = re.search(rf'"{lib}>=(\d+)\.(\d+)', text)
+        assert low and (int(low[1]), int(low[2])) == VERIFIED_VERSIONS[lib][0], lib
+    assert 'python_requires=">=3.10"' in text  # zip(strict=True) needs 3.10

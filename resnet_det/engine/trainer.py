@@ -67,6 +67,9 @@ class Trainer:
         self._stop = threading.Event()
         amp = cfg.SOLVER.AMP
         self.amp_dtype = getattr(torch, amp.DTYPE) if amp.ENABLED and self.device.type == "cuda" else None
+        if amp.ENABLED and self.amp_dtype is None:
+            logger.warning("SOLVER.AMP.ENABLED applies on CUDA only: on %s the model trains in float32",
+                           self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
     # ---- what to train: override these -------------------------------------------------------
@@ -178,7 +181,9 @@ class Trainer:
             losses = self.model(batch)
         total = sum(losses.values())
         values = {k: v.detach() for k, v in losses.items()}
-        if not torch.isfinite(total):
+        # Decided by all ranks together (one all-reduce, one host sync): a rank that skipped backward
+        # alone would leave the others waiting in DDP's gradient all-reduce.
+        if not comm.all_ranks_true(torch.isfinite(total)):
             self._nonfinite(it, batch, "loss", {k: float(v) for k, v in values.items()})
             return
         self.optimizer.zero_grad(set_to_none=True)
@@ -190,7 +195,7 @@ class Trainer:
         clip = self.cfg.SOLVER.CLIP_GRADIENTS
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-        if not torch.isfinite(grad_norm) and self.scaler is None:
+        if self.scaler is None and not comm.all_ranks_true(torch.isfinite(grad_norm)):
             self._nonfinite(it, batch, "gradient", {"grad_norm": float(grad_norm)})
             return
         if self.scaler is not None:
@@ -222,7 +227,8 @@ class Trainer:
     def _nonfinite(self, it: int, batch, what: str, values: dict) -> None:
         ids = [d.get("image_id") for d in batch] if isinstance(batch, list) else "n/a"
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        msg = (f"non-finite {what} at iteration {it}: {bad} (all: {values}); image ids in the batch: "
+        where = f": {bad} (all: {values})" if bad else f" on another rank (rank {comm.get_rank()}: {values})"
+        msg = (f"non-finite {what} at iteration {it}{where}; image ids in the batch: "
                f"{ids}. Lower SOLVER.BASE_LR, set SOLVER.CLIP_GRADIENTS, check these images' "
                "annotations, or set SOLVER.ON_NONFINITE skip to skip such steps.")
         if self.cfg.SOLVER.ON_NONFINITE == "stop":

@@ -4,10 +4,15 @@
   y = x * s + t, so conv(x, W) * s + t = conv(x, W * s) + t. The folded conv does one pass over the
   activations instead of three (conv, multiply, add) and, in training, gradients still reach W
   through the product W * s. Parameter and buffer names are untouched, so checkpoints load as before.
+- Folding happens only where the dataflow is known (our stems, blocks and projection shortcuts), and a
+  folded pair acts folded only while both halves are still where they were folded (replacing a norm,
+  e.g. by ``convert_sync_batchnorm`` or freezing, turns the pair back into conv then norm).
 - ``fold_frozen_bn`` also lets residual blocks run, where no gradient is needed on a CPU with NHWC
   float32 activations, each folded conv with its ReLU (and the residual addition) as one oneDNN call
   (``FusedBottleneck``, ``FusedBasicBlock``): the blocks' own values (bit for bit where measured)
   without the extra passes over the activations and without reordering the weights on every call.
+  These calls use private PyTorch internals: ``utils.compat.private_internals_ok`` allows them only on
+  the versions they were checked on, else the blocks run unfused (logged once).
 - ``to_channels_last``: NHWC activations (oneDNN on CPU and cuDNN on GPU prefer them for convs).
 - ``compile_backbone``: ``torch.compile`` of the backbone in place (state_dict keys unchanged).
 - ``apply_fast_path(model, cfg)``: all of the above as MODEL.FUSE_FROZEN_BN / CHANNELS_LAST /
@@ -22,7 +27,10 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..utils.compat import private_internals_ok
 from .backbone.blocks import BasicBlock, Bottleneck
+from .backbone.cifar import CifarResNet
+from .backbone.resnet import ResNet
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +44,30 @@ def _norm_is_folded(norm: nn.Module) -> bool:
     return isinstance(norm, FrozenBatchNorm2d) or not norm.training
 
 
+class _FoldLink:
+    """Where a folded (conv, norm) pair lives. Both halves act folded only while both are still the
+    parent's children under their names: a module swapped in later (convert_sync_batchnorm, BN ->
+    FrozenBN when freezing, a user's new conv) must meet a plain partner, never a norm applied twice
+    or not at all. A copy of a model copies its links along (deepcopy/pickle follow the references)."""
+
+    def __init__(self, parent: nn.Module, conv_name: str, norm_name: str, conv: nn.Module, norm: nn.Module):
+        self.parent, self.conv_name, self.norm_name, self.conv, self.norm = parent, conv_name, norm_name, conv, norm
+
+    def intact(self) -> bool:
+        children = self.parent._modules
+        return children.get(self.conv_name) is self.conv and children.get(self.norm_name) is self.norm
+
+    def active(self) -> bool:
+        return self.intact() and _norm_is_folded(self.norm)
+
+
 class _FoldedNormMixin:
     """The norm half of a folded pair: the identity while its conv applies the affine map."""
 
+    _fold_link: _FoldLink
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _norm_is_folded(self):
+        if self._fold_link.active():
             return x
         return super().forward(x)
 
@@ -70,26 +97,41 @@ def version_key(tensors) -> tuple | None:
         return None
 
 
+def _same_bits(t: torch.Tensor, copy: torch.Tensor) -> bool:
+    """Whether `t` still holds the values of `copy` (its clone), bit for bit. Dense tensors with the
+    same strides compare as int64 words, about 1.5x faster than torch.equal on floats."""
+    if t.shape != copy.shape or t.dtype != copy.dtype or t.device != copy.device:
+        return False
+    size = t.element_size()
+    if (t.stride() == copy.stride() and (t.numel() * size) % 8 == 0 and (t.storage_offset() * size) % 8 == 0
+            and (copy.storage_offset() * size) % 8 == 0
+            and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))):
+        return torch.equal(*(u.as_strided((u.numel(),), (1,)).view(torch.int64) for u in (t, copy)))
+    return torch.equal(t, copy)
+
+
 class FoldedConv2d(nn.Conv2d):
     """A conv that applies the following norm's affine map through its weights and bias.
 
     The norm stays registered where it was (its state_dict keys and buffers are unchanged) and is
     read on every call, so loading weights after folding is correct. When no gradient is needed
-    (inference, or frozen stages in training) the folded weights are cached and recomputed only when
-    a weight or statistic changes (tensor version counters) or moves (device, dtype, storage).
+    (inference, or frozen stages in training) the folded weights are cached, with a copy of the values
+    they were computed from: each call compares the sources with that copy (one read of the conv's
+    weight), so every change is seen, including writes through `.data` that no version counter records.
     """
 
-    _fold_norm: nn.Module
+    _fold_link: _FoldLink
     _fold_cache: tuple | None
     _packed_cache: tuple | None
 
+    @property
+    def _fold_norm(self) -> nn.Module:
+        return self._fold_link.norm
+
     def _fold_sources(self) -> list[torch.Tensor]:
         n = self._fold_norm
-        # BN's kernel updates running statistics without bumping their version counters, but each
-        # training step bumps num_batches_tracked (and `train()` below drops the cache as well).
-        tracked = getattr(n, "num_batches_tracked", None)
-        return [t for t in (self.weight, self.bias, n.weight, n.bias, n.running_mean, n.running_var, tracked)
-                if t is not None]
+        return [t for t in (n.running_var, n.running_mean, n.weight, n.bias, self.bias, self.weight)
+                if t is not None]  # small ones first: a changed statistic is found before reading W
 
     def train(self, mode: bool = True):
         self._fold_cache = None  # statistics may change while training; rebuild on the next eval call
@@ -98,7 +140,8 @@ class FoldedConv2d(nn.Conv2d):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state["_packed_cache"] = None  # oneDNN's opaque tensors neither deepcopy nor pickle
+        # oneDNN's opaque tensors neither deepcopy nor pickle; the fold is rebuilt on the first call.
+        state["_packed_cache"] = state["_fold_cache"] = None
         return state
 
     def _compute_fold(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,88 +156,108 @@ class FoldedConv2d(nn.Conv2d):
         weight = self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype)
         return weight, shift.to(self.weight.dtype)
 
+    def _cache_valid(self, sources: list[torch.Tensor]) -> bool:
+        cache = self._fold_cache
+        return cache is not None and len(cache[0]) == len(sources) and all(map(_same_bits, sources, cache[0]))
+
     def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         sources = self._fold_sources()
         if _tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
             return self._compute_fold()  # gradients flow to W (and to a trainable norm) through W * s
-        key = version_key(sources)
-        if key is None:  # inference tensors have no version counter: do not cache
-            return self._compute_fold()
-        if self._fold_cache is None or self._fold_cache[0] != key:
+        if not self._cache_valid(sources):
             # Normal (not inference-mode) tensors, so a frozen stage can reuse them in training.
             with torch.inference_mode(False), torch.no_grad():
-                self._fold_cache = (key, *self._compute_fold())
+                self._fold_cache = ([t.clone() for t in sources], *self._compute_fold())
         return self._fold_cache[1], self._fold_cache[2]
 
     def onednn_weight_and_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The folded weight, reordered once into oneDNN's blocked layout for inputs shaped like `x`
         (as inductor's freezing does) while the folded weights are cached; else as they are."""
         weight, bias = self.folded_weight_and_bias()
-        if self._fold_cache is None or self._fold_cache[1] is not weight:
+        cache = self._fold_cache
+        if cache is None or cache[1] is not weight:
             return weight, bias
-        key = (self._fold_cache[0], tuple(x.shape))
-        if self._packed_cache is None or self._packed_cache[0] != key:
+        if self._packed_cache is None or self._packed_cache[0] is not cache or self._packed_cache[1] != x.shape:
             with torch.inference_mode(False), torch.no_grad():
                 packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                     weight.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
                     list(x.shape))
-            self._packed_cache = (key, packed)
-        return self._packed_cache[1], bias
+            self._packed_cache = (cache, x.shape, packed)
+        return self._packed_cache[2], bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _norm_is_folded(self._fold_norm):
+        if not self._fold_link.active():
+            if self._fold_cache is not None:  # free the memory of a pair that may be gone for good
+                self._fold_cache = self._packed_cache = None
             return super().forward(x)
         weight, bias = self.folded_weight_and_bias()
         return self._conv_forward(x, weight, bias)
 
 
+_UNFOLDED = {FoldedConv2d: nn.Conv2d, **{folded: base for base, folded in _FOLDED_NORM.items()}}
+
+
+def _unfolded_type(module: nn.Module) -> type | None:
+    """The plain class of a conv or norm that is free to fold: plain, or left behind by a broken pair."""
+    link = getattr(module, "_fold_link", None)
+    if link is None:
+        return type(module)
+    return None if link.intact() else _UNFOLDED[type(module)]
+
+
 def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
-    if type(conv) is not nn.Conv2d or type(norm) not in _FOLDED_NORM:
+    if _unfolded_type(conv) is not nn.Conv2d or _unfolded_type(norm) not in _FOLDED_NORM:
         return False
     if isinstance(norm, nn.BatchNorm2d) and not norm.track_running_stats:
         return False  # eval-mode BN without running statistics normalises by the batch: not affine
     return conv.out_channels == norm.weight.shape[0]
 
 
-def _conv_norm_pairs(module: nn.Module):
-    """(conv, norm) pairs where the conv's output feeds only the norm, by the names our blocks use.
+# Fold only inside layouts whose dataflow we wrote: sibling names cannot tell bn(conv(x)) from a
+# pre-activation conv(relu(bn(x))), and torch.fx cannot trace every user forward. Exact types, since a
+# subclass may have its own forward.
+_STEM = (("conv1", "bn1"),)
+_KNOWN_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
+    ResNet: _STEM, CifarResNet: _STEM,  # relu(bn1(conv1(x))) in forward and forward_features
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
 
-    ResNet stems and blocks call `bnK(convK(x))` (torchvision's names, STYLE.md); a shortcut is
-    `Sequential(conv, norm)`. Modules laid out differently are left alone.
-    """
+
+def _conv_norm_pairs(module: nn.Module):
+    """(parent, conv name, norm name, conv, norm) where the conv's output feeds only the norm: in our
+    stems and blocks (torchvision's names, STYLE.md) and their projection shortcut Sequential(conv, norm)."""
     for parent in module.modules():
-        children = dict(parent.named_children())
-        if isinstance(parent, nn.Sequential):
-            items = list(children.values())
-            yield from ((parent, str(i), a, b) for i, (a, b) in enumerate(zip(items, items[1:]))
-                        if _foldable(a, b))
-            continue
-        for name, conv in children.items():
-            if name.startswith("conv") and name[4:].isdigit():
-                norm = children.get("bn" + name[4:])
-                if norm is not None and _foldable(conv, norm):
-                    yield parent, name, conv, norm
+        block_type = next((b for b, f in _FUSED_BLOCK.items() if type(parent) is f), type(parent))
+        children = parent._modules
+        for conv_name, norm_name in _KNOWN_PAIRS.get(block_type, ()):
+            conv, norm = children.get(conv_name), children.get(norm_name)
+            if conv is not None and norm is not None and _foldable(conv, norm):
+                yield parent, conv_name, norm_name, conv, norm
+        shortcut = children.get("downsample") if block_type in (BasicBlock, Bottleneck) else None
+        if type(shortcut) is nn.Sequential and len(shortcut) == 2 and _foldable(shortcut[0], shortcut[1]):
+            yield shortcut, "0", "1", shortcut[0], shortcut[1]
 
 
 def _pointwise_conv_op():
     """oneDNN's fused conv + post-op kernel (what inductor's CPU backend calls), or None where this
-    PyTorch build has no oneDNN."""
+    PyTorch build has no oneDNN or its private internals are not to be used."""
     try:
-        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+        if not (torch.backends.mkldnn.is_available() and private_internals_ok()):
+            return None
+        return torch.ops.mkldnn._convolution_pointwise
     except (AttributeError, RuntimeError):
         return None
-
-
-_POINTWISE_CONV = _pointwise_conv_op()
 
 
 def _conv_relu(conv: FoldedConv2d, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
     """relu(conv(x) [+ residual]) of a folded conv in one oneDNN call."""
     weight, bias = conv.onednn_weight_and_bias(x)
     args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    op = _pointwise_conv_op()
     if residual is None:
-        return _POINTWISE_CONV(x, weight, bias, *args, "relu", [None], "")
-    return _POINTWISE_CONV.binary(x, residual, weight, bias, *args, "add", None, "relu", [None], "")
+        return op(x, weight, bias, *args, "relu", [None], "")
+    return op.binary(x, residual, weight, bias, *args, "add", None, "relu", [None], "")
 
 
 class _FusedBlockMixin:
@@ -204,17 +267,17 @@ class _FusedBlockMixin:
     fire); anywhere else the block's own forward runs."""
 
     def _fusable(self, x: torch.Tensor) -> bool:
-        if (_POINTWISE_CONV is None or not torch.backends.mkldnn.enabled or type(x) is not torch.Tensor
+        if (not torch.backends.mkldnn.enabled or type(x) is not torch.Tensor
                 or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0
                 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
-                or _tracing() or torch.is_autocast_enabled("cpu")):
+                or _tracing() or torch.is_autocast_enabled("cpu") or _pointwise_conv_op() is None):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
         children = dict(self.named_children())
         if any(m._forward_hooks or m._forward_pre_hooks for m in children.values()):
             return False
-        return all(isinstance(c, FoldedConv2d) and _norm_is_folded(c._fold_norm) and c.padding_mode == "zeros"
+        return all(isinstance(c, FoldedConv2d) and c._fold_link.active() and c.padding_mode == "zeros"
                    and not isinstance(c.padding, str) for n, c in children.items() if n.startswith("conv"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,10 +305,12 @@ _FUSED_BLOCK = {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock}
 
 
 def fold_frozen_bn(module: nn.Module) -> int:
-    """Fold every FrozenBN (and BatchNorm2d, when in eval mode) into the conv before it, in place.
+    """Fold every FrozenBN (and BatchNorm2d, when in eval mode) into the conv before it, in place, in
+    our stems, blocks and projection shortcuts (other layouts are left as they are).
 
     Parameters, buffers and their names stay as they are (the same tensor objects, so an optimizer
-    built earlier keeps working); `unfold_frozen_bn` undoes it. Returns the number of pairs folded.
+    built earlier keeps working); `unfold_frozen_bn` undoes it. Folding again after a norm or conv was
+    replaced folds the new pair. Returns the number of pairs folded.
 
     Example::
         >>> net = ResNet(50, norm="FrozenBN").eval()
@@ -253,12 +318,14 @@ def fold_frozen_bn(module: nn.Module) -> int:
         53
     """
     pairs = list(_conv_norm_pairs(module))
-    for _, _, conv, norm in pairs:
+    for parent, conv_name, norm_name, conv, norm in pairs:
         # Swapping to a subclass keeps every parameter, buffer and hook (torch.nn.utils.parametrize
-        # does the same); the norm is referenced outside _modules so state_dict keys do not change.
-        norm.__class__ = _FOLDED_NORM[type(norm)]
+        # does the same); the pair is referenced outside _modules so state_dict keys do not change.
+        norm.__class__ = _FOLDED_NORM[_unfolded_type(norm)]
         conv.__class__ = FoldedConv2d
-        object.__setattr__(conv, "_fold_norm", norm)
+        link = _FoldLink(parent, conv_name, norm_name, conv, norm)
+        object.__setattr__(norm, "_fold_link", link)
+        object.__setattr__(conv, "_fold_link", link)
         object.__setattr__(conv, "_fold_cache", None)
         object.__setattr__(conv, "_packed_cache", None)
     for block in module.modules():
@@ -268,15 +335,16 @@ def fold_frozen_bn(module: nn.Module) -> int:
 
 
 def unfold_frozen_bn(module: nn.Module) -> int:
-    """Undo `fold_frozen_bn`: plain convs and norms again. Returns the number of pairs restored."""
+    """Undo `fold_frozen_bn`: plain convs and norms again. Returns the number of convs restored."""
     count = 0
     for m in module.modules():
         if isinstance(m, FoldedConv2d):
-            norm = m._fold_norm
-            norm.__class__ = next(base for base, folded in _FOLDED_NORM.items() if isinstance(norm, folded))
             m.__class__ = nn.Conv2d
-            del m._fold_norm, m._fold_cache, m._packed_cache
+            del m._fold_link, m._fold_cache, m._packed_cache
             count += 1
+        elif isinstance(m, _FoldedNormMixin):
+            m.__class__ = _UNFOLDED[type(m)]
+            del m._fold_link
         elif isinstance(m, _FusedBlockMixin):
             m.__class__ = next(base for base, fused in _FUSED_BLOCK.items() if isinstance(m, fused))
     return count

@@ -9,6 +9,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from ..backbone.backbone import ShapeSpec
 from ..backbone.blocks import init_weights
 from ..backbone.resnet import build_stage, check_depth
+from ...utils.compat import private_internals_ok
 from ..fast import version_key
 from .pooling import FastMultiScaleRoIAlign
 
@@ -138,7 +139,7 @@ def build_box_pooler(cfg, shapes: dict[str, ShapeSpec]) -> nn.Module:
         if len(names) != 1:
             raise ValueError("POOLER_TYPE ROIPool reads one feature map; use ROIAlign for FPN levels")
         return ROIPool(names[0], head.POOLER_RESOLUTION, shapes[names[0]].stride)
-    pooler = FastMultiScaleRoIAlign if cfg.MODEL.FAST_ROI_ALIGN else MultiScaleRoIAlign
+    pooler = FastMultiScaleRoIAlign if cfg.MODEL.FAST_ROI_ALIGN and private_internals_ok() else MultiScaleRoIAlign
     return pooler(featmap_names=names, output_size=head.POOLER_RESOLUTION, sampling_ratio=head.POOLER_SAMPLING_RATIO)
 
 

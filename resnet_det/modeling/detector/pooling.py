@@ -21,7 +21,8 @@ which the box heads read without a copy (``FCHead`` permutes its fc6 weight inst
 
 It falls back to torchvision's path on GPUs (their kernels are already parallel), for dtypes other than
 float32/float64, under autocast, and under tracing, scripting, ``torch.compile`` and ONNX export (which
-must record torchvision's op). Switch: MODEL.FAST_ROI_ALIGN.
+must record torchvision's op). Switch: MODEL.FAST_ROI_ALIGN; off by itself where torchvision's private
+pooler functions are not to be used (``utils.compat.private_internals_ok``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _multiscale_roi_align, _setup_scales
+
+try:  # private: build_box_pooler picks this class only where utils.compat.private_internals_ok()
+    from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _multiscale_roi_align, _setup_scales
+except ImportError:
+    pass
 
 __all__ = ["FastMultiScaleRoIAlign", "roi_align_gather"]
 
