@@ -103,6 +103,19 @@ def test_plain_ours_detector_is_plain():
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) == nhwc, impl
 
 
+def test_time_budget_leaves_groups_out(tmp_path):
+    import benchmark  # tools/benchmark.py
+
+    report = benchmark.main(["--device", "cpu", "--plan", "gpu", "--tiny", "--max-minutes", "0", "--output",
+                             str(tmp_path)])
+    assert report["results"] == [] and report["complete"]
+    assert report["skipped"] == ["R50-FPN train batch 2", "R50-FPN inference batch 1", "R18 forward 64px",
+                                 "R18 forward_backward 64px", "R18-C4 inference batch 1", "R18-C4 train batch 2",
+                                 "loader"]
+    assert [t["value"] for t in report["targets"]] == [None, None, None]
+    assert "Not run (time budget): R50-FPN train batch 2" in (tmp_path / "results.md").read_text()
+
+
 def run_tool(args, timeout=900):
     proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -153,7 +166,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     rows = {(r["group"], r["impl"]): r for r in report["results"]}
     train, infer = "R50-FPN train batch 2", "R50-FPN inference batch 1"
     assert set(rows) == {(train, "torchvision+bf16+nocudnn"), (train, "ours+fast+nocudnn"),
-                         (train, "ours+fast+bf16+nocudnn"), (infer, "torchvision+nocudnn"), (infer, "ours+fast+nocudnn")}
+                         (train, "ours+fast+bf16+nocudnn"), (infer, "torchvision+nocudnn"),
+                         (infer, "ours+fast+nocudnn")}
     check = rows[(infer, "ours+fast+nocudnn")]["check"]
     assert check["comparable"] and check["elements"] > 0 and check["max_rel_l2"] < 1e-3  # same detections
     loader = report["loader"]

@@ -176,7 +176,8 @@ def gpu_train_cfg(output_dir, device: str, *opts):
     return cfg
 
 
-@pytest.mark.parametrize("device,dtype", [("cpu", "bfloat16"), pytest.param("cuda", "bfloat16", marks=pytest.mark.cuda),
+@pytest.mark.parametrize("device,dtype", [("cpu", "bfloat16"),
+                                          pytest.param("cuda", "bfloat16", marks=pytest.mark.cuda),
                                           pytest.param("cuda", "float16", marks=pytest.mark.cuda)])
 def test_training_steps_with_amp_stay_finite(shapes_root, tmp_path, device, dtype):
     cfg = gpu_train_cfg(tmp_path, device, "SOLVER.AMP.DTYPE", dtype, "SOLVER.MAX_ITER", 4,
@@ -221,7 +222,8 @@ def test_train_loader_pins_batches_and_copies_reach_the_device(shapes_root, tmp_
 
 
 # ---- export of weights that lived on the device -------------------------------------------------
-@pytest.mark.parametrize("device,fmt", [("cpu", "torchscript"), pytest.param("cuda", "torchscript", marks=pytest.mark.cuda),
+@pytest.mark.parametrize("device,fmt", [("cpu", "torchscript"),
+                                        pytest.param("cuda", "torchscript", marks=pytest.mark.cuda),
                                         pytest.param("cuda", "onnx", marks=pytest.mark.cuda)])
 def test_export_of_weights_saved_on_device(tmp_path, device, fmt):
     cfg = get_cfg()

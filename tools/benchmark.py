@@ -2,7 +2,7 @@
 """Side-by-side speed of resnet_det against torchvision, in one run, on the same inputs and weights.
 
     python tools/benchmark.py --output benchmarks/results_cpu                   # `make bench` (CPU plan)
-    python tools/benchmark.py --device cuda --output OUT --profile              # the GPU table (benchmarks/gpu_check.py)
+    python tools/benchmark.py --device cuda --profile --output OUT              # the GPU table (gpu_check.py)
     python tools/benchmark.py --device cuda --targets-only --output OUT        # only the three GPU targets
     python tools/benchmark.py --quick --tiny --output /tmp/bench                # smoke test (seconds)
 
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from benchmark_cases import (BUILDERS, bench_data, bench_loader, build_detector, data_cfg, gpu_impl,  # noqa: E402
-                             impl_flags, variant)
+                             variant)
 from resnet_det.utils.benchmark import machine_info, profile_step, ratio, report_markdown, run_group  # noqa: E402
 
 # Random initialisation with frozen stages is expected here: silence that warning (probe processes too).

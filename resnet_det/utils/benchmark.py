@@ -2,9 +2,11 @@
 
 Timings of several implementations are interleaved (A B C, C B A, A B C, ...) so that load from other
 processes, thermal drift or a background job hits every implementation alike; we report medians after
-warm-up. Peak memory: on GPU `torch.cuda.max_memory_allocated`; on CPU Python's tracemalloc does not see
-torch's allocations, so each case runs in a fresh child process (forked from a server that has only
-imported torch) and we read the kernel's high-water mark of resident memory (`ru_maxrss`).
+warm-up; on a GPU the device is synchronised before the clock starts and before it stops. Peak memory:
+on GPU `torch.cuda.max_memory_allocated` over one more call of each case (`cuda_step_memory`); on CPU
+Python's tracemalloc does not see torch's allocations, so each case runs in a fresh child process (forked
+from a server that has only imported torch) and we read the kernel's high-water mark of resident memory
+(`ru_maxrss`). `profile_step` writes torch.profiler's top ops and the calls that make the host wait.
 """
 from __future__ import annotations
 
@@ -173,24 +175,18 @@ def measure_peak_memory(build: Callable, spec, *, device: torch.device, threads:
     """Peak memory of `build(spec)()` (a step function) run `steps` times.
 
     `build` must be a module-level function (it is pickled by name for the child process on CPU).
-    CUDA: peak allocated by torch over the steps, in this process. CPU: resident memory of a child
+    CUDA: in this process, as `cuda_step_memory` (one measured call). CPU: resident memory of a child
     process after building (`rss_setup_mb`), its high-water mark (`rss_peak_mb`) and their difference
     (`step_peak_over_setup_mb`, what the steps add on top of weights and inputs).
     """
     if device.type == "cuda":
+        before = _allocated(device)
         step = build(spec)
-        step()  # lazy state (cudnn workspaces, optimizer buffers) is part of steady state
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
+        step()  # lazy state (cudnn workspaces, optimizer buffers) is part of the case's own memory
+        out = cuda_step_memory(step, device, _allocated(device) - before)
         del step
         torch.cuda.empty_cache()
-        return {"cuda_setup_mb": base / 2**20, "cuda_peak_mb": peak / 2**20,
-                "step_peak_over_setup_mb": (peak - base) / 2**20}
+        return out
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_probe, args=(build, spec, threads, steps, child))
@@ -374,13 +370,11 @@ def report_markdown(report: dict) -> str:
                   f"{lo.get('model_impl')}): {_num(lo.get('model_images_per_s'))} images/s; loader keeps up: "
                   f"{lo.get('keeps_up')}", ""]
     if report.get("targets"):
-        lines += ["Targets (ratios of median step times in one run):", "",
-                  markdown_table([{**t, "value": None if t["value"] is None else f"{t['value']:.2f}x",
-                                   "target": f">= {t['target']}x", "met": {True: "yes", False: "NO"}.get(t["met"],
-                                                                                                       "n/a")}
-                                  for t in report["targets"]],
-                                 [("name", "ratio"), ("group", "case"), ("impl", "ours"), ("ref", "against"),
-                                  ("value", "this run"), ("target", "target"), ("met", "met")]), ""]
+        shown = [{**t, "value": "n/a" if t["value"] is None else f"{t['value']:.2f}x", "target": f">= {t['target']}x",
+                  "met": {True: "yes", False: "NO"}.get(t["met"], "n/a")} for t in report["targets"]]
+        cols = [("name", "ratio"), ("group", "case"), ("impl", "ours"), ("ref", "against"), ("value", "this run"),
+                ("target", "target"), ("met", "met")]
+        lines += ["Targets (ratios of median step times in one run):", "", markdown_table(shown, cols), ""]
     if report.get("headline"):
         lines += ["Headline ratios (higher is faster for ours):", ""]
         lines += [f"- {k}: {'n/a' if v is None else f'{v:.2f}x'}" for k, v in report["headline"].items()]
