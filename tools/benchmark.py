@@ -216,7 +216,7 @@ def parse_args(argv=None):
     p.add_argument("--depths", type=int, nargs="+", default=None, choices=(18, 34, 50, 101, 152))
     p.add_argument("--train-batches", type=int, nargs="+", default=None, help="R50-FPN training batch sizes")
     p.add_argument("--sections", nargs="+", choices=["backbone", "detector", "c4", "data", "loader"],
-                   default=None, help="default: backbone detector c4 loader, and data on the CPU plan")
+                   default=None, help="default: backbone detector c4, and loader (GPU plan) or data (CPU plan)")
     p.add_argument("--loader-workers", type=int, default=None, help="default: the GPU config's DATALOADER.NUM_WORKERS")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurements")
     p.add_argument("--profile", action="store_true", help="write DIR/profile.txt (torch.profiler of the target cases)")
@@ -229,7 +229,7 @@ def parse_args(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     args.plan = args.plan or ("gpu" if device.type == "cuda" else "cpu")
-    args.sections = args.sections or ["backbone", "detector", "c4", "loader"] + (["data"] if args.plan == "cpu" else [])
+    args.sections = args.sections or ["backbone", "detector", "c4", "loader" if args.plan == "gpu" else "data"]
     sizes = dict(SIZES["cuda" if device.type == "cuda" else "cpu"], loader_workers=None)
     if args.quick:
         sizes.update(SIZES["quick_cuda" if device.type == "cuda" else "quick"])
