@@ -150,9 +150,9 @@ def summary(run: Run, info: dict, bench: dict, demo: dict) -> str:
             lines.append(f"- not run (time budget): {', '.join(bench['skipped'])}")
         lines.append("")
     if demo:
+        data = "generating the data set included" if demo.get("data_in_wall") else "data set made before"
         lines.append(f"Demo ({DEMO_CONFIG} on {info.get('device')}, {demo['status']}): {demo['wall_s']} s wall "
-                     f"({'generating the data set included' if demo.get('data_in_wall') else 'data set made before'}) for "
-                     f"{demo.get('iterations')} iterations, median "
+                     f"({data}) for {demo.get('iterations')} iterations, median "
                      f"{_num(demo.get('median_s_per_iter'))} s/iteration; bbox/AP50 {_num(demo.get('bbox/AP50'))}, "
                      f"bbox/AP {_num(demo.get('bbox/AP'))} at iteration {demo.get('iteration')}")
     else:

@@ -3,6 +3,7 @@ in --quick --tiny mode, and a dry run on CPU of benchmarks/gpu_check.py (the GPU
 equal-output checks only, no timing is asserted."""
 import functools
 import json
+import logging
 import operator
 import os
 import subprocess
@@ -104,10 +105,15 @@ def test_plain_ours_detector_is_plain():
 
 
 def test_time_budget_leaves_groups_out(tmp_path):
-    import benchmark  # tools/benchmark.py
+    logger = logging.getLogger("resnet_det")
+    level = logger.level
+    try:
+        import benchmark  # tools/benchmark.py: silences resnet_det's warnings on import, as a tool may
 
-    report = benchmark.main(["--device", "cpu", "--plan", "gpu", "--tiny", "--max-minutes", "0", "--output",
-                             str(tmp_path)])
+        report = benchmark.main(["--device", "cpu", "--plan", "gpu", "--tiny", "--max-minutes", "0", "--output",
+                                 str(tmp_path)])
+    finally:
+        logger.setLevel(level)  # later tests in this process read resnet_det's warnings
     assert report["results"] == [] and report["complete"]
     assert report["skipped"] == ["R50-FPN train batch 2", "R50-FPN inference batch 1", "R18 forward 64px",
                                  "R18 forward_backward 64px", "R18-C4 inference batch 1", "R18-C4 train batch 2",

@@ -45,6 +45,14 @@ def strict_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+@pytest.fixture
+def host_threads():
+    """Sets torch's intra-op threads for one test (the suite keeps 1 on its 2 cores); restores them."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory):
     root = make_tiny_shapes(str(tmp_path_factory.mktemp("datasets")))
@@ -125,7 +133,9 @@ def detector_inputs(device: str) -> list[dict]:
 
 @pytest.mark.parametrize("kind", ["FPN", "C4"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_detector_on_device_equals_plain_cpu(kind, device, strict_fp32, fast_path_calls):
+def test_detector_on_device_equals_plain_cpu(kind, device, strict_fp32, fast_path_calls, host_threads):
+    if device == "cuda":  # the CPU reference runs every proposal through the head: use the GPU host's cores
+        host_threads(min(8, os.cpu_count() or 1))
     torch.manual_seed(0)
     ref = pretrained_like_norms(build_model(detector_cfg(kind, device, shipped=False))).eval()
     with torch.no_grad():
