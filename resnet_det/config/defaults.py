@@ -190,7 +190,8 @@ _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # What to do with a missing, truncated or undecodable image: "error" stops with the file name,
 # "skip" logs it to OUTPUT_DIR/skipped_images.txt, counts it in metrics and moves on.
 _C.DATALOADER.ON_BAD_IMAGE = "error"
-# Pin host memory (faster host-to-GPU copies); ignored on CPU.
+# Pin the training batches' host memory when the model trains on a GPU (MODEL.DEVICE cuda, or auto
+# with one present): the model's non_blocking copies then overlap with the host; ignored on CPU.
 _C.DATALOADER.PIN_MEMORY = True
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from .builtin import register_all_builtins
 from .catalog import (DatasetCatalog, DatasetNotFoundError, Metadata, MetadataCatalog, datasets_root,
                       register_coco_instances, register_pascal_voc)
 from .coco import convert_to_coco_json, dataset_dicts_to_coco, load_coco_json
-from .demo import generate_shapes_dataset, make_classification_set, make_localization_set
+from .demo import generate_shapes_dataset, make_classification_set, make_loader_benchmark_set, make_localization_set
 from .samplers import InferenceSampler, TrainingSampler
 from .transforms import BadImageError, DatasetMapper, read_image, read_skipped_images
 from .voc import VOC_CLASSES, load_voc_instances
@@ -18,5 +18,5 @@ __all__ = [
     "build_detection_train_loader", "build_detection_test_loader", "get_detection_dataset_dicts",
     "TrainingSampler", "InferenceSampler",
     "load_coco_json", "dataset_dicts_to_coco", "convert_to_coco_json", "load_voc_instances", "VOC_CLASSES",
-    "generate_shapes_dataset", "make_classification_set", "make_localization_set",
+    "generate_shapes_dataset", "make_classification_set", "make_loader_benchmark_set", "make_localization_set",
 ]

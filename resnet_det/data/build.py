@@ -185,7 +185,13 @@ def build_detection_train_loader(cfg, mapper=None, start_iter: int = 0, dataset:
     bad = set(read_skipped_images(cfg.OUTPUT_DIR)) if start_iter > 0 else set()
     return TrainLoader(dataset, mapper or DatasetMapper(cfg, is_train=True), sampler, total // world,
                        cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.DATALOADER.NUM_WORKERS,
-                       bool(cfg.DATALOADER.PIN_MEMORY) and torch.cuda.is_available(), start_iter, bad)
+                       bool(cfg.DATALOADER.PIN_MEMORY) and _trains_on_cuda(cfg), start_iter, bad)
+
+
+def _trains_on_cuda(cfg) -> bool:
+    """Pinned batches only help host-to-GPU copies: MODEL.DEVICE cuda[:N], or auto with a GPU present."""
+    device = str(cfg.MODEL.DEVICE)
+    return torch.cuda.is_available() and (device.startswith("cuda") or device == "auto")
 
 
 class _MapDataset(Dataset):

@@ -57,6 +57,21 @@ def _anchor_generator(cfg, num_maps: int) -> AnchorGenerator:
     return AnchorGenerator(tuple(sizes), tuple(ratios))
 
 
+def inputs_to_device(batched_inputs: list[dict], device: torch.device, with_targets: bool):
+    """Images (as float, 0-255) and, for training, targets (1-based labels) on `device`.
+
+    Copies are non_blocking: from the pinned batches the training loader yields on GPU machines
+    (DATALOADER.PIN_MEMORY) they overlap with the host's work; from pageable memory they are
+    ordinary copies. The first kernel that reads a tensor waits for its copy (same stream).
+    """
+    images = [d["image"].to(device, non_blocking=True).float() for d in batched_inputs]
+    targets = None
+    if with_targets:
+        targets = [{"boxes": d["boxes"].to(device, non_blocking=True).float(),
+                    "labels": d["classes"].to(device, non_blocking=True).long() + 1} for d in batched_inputs]
+    return images, targets
+
+
 class FasterRCNN(GeneralizedRCNN):
     """Faster R-CNN whose `forward` takes resnet_det's input dicts (docs/CONTRACTS.md).
 
@@ -73,12 +88,7 @@ class FasterRCNN(GeneralizedRCNN):
         return next(self.parameters()).device
 
     def preprocess(self, batched_inputs: list[dict]):
-        images = [d["image"].to(self.device, non_blocking=True).float() for d in batched_inputs]
-        targets = None
-        if self.training:
-            targets = [{"boxes": d["boxes"].to(self.device).float(),
-                        "labels": d["classes"].to(self.device).long() + 1} for d in batched_inputs]
-        return images, targets
+        return inputs_to_device(batched_inputs, self.device, with_targets=self.training)
 
     def forward(self, batched_inputs: list[dict]):
         images, targets = self.preprocess(batched_inputs)
