@@ -138,8 +138,15 @@ def build_box_pooler(cfg, shapes: dict[str, ShapeSpec]) -> nn.Module:
         if len(names) != 1:
             raise ValueError("POOLER_TYPE ROIPool reads one feature map; use ROIAlign for FPN levels")
         return ROIPool(names[0], head.POOLER_RESOLUTION, shapes[names[0]].stride)
-    pooler = FastMultiScaleRoIAlign if cfg.MODEL.FAST_ROI_ALIGN else MultiScaleRoIAlign
-    return pooler(featmap_names=names, output_size=head.POOLER_RESOLUTION, sampling_ratio=head.POOLER_SAMPLING_RATIO)
+    aligned = head.POOLER_TYPE == "ROIAlignV2"  # detectron2's name for RoIAlign with aligned=True
+    detectron2_levels = head.POOLER_LEVEL_MAPPING == "detectron2"
+    if not (cfg.MODEL.FAST_ROI_ALIGN or aligned or detectron2_levels):
+        return MultiScaleRoIAlign(featmap_names=names, output_size=head.POOLER_RESOLUTION,
+                                  sampling_ratio=head.POOLER_SAMPLING_RATIO)
+    return FastMultiScaleRoIAlign(names, head.POOLER_RESOLUTION, head.POOLER_SAMPLING_RATIO, aligned=aligned,
+                                  gather=cfg.MODEL.FAST_ROI_ALIGN,
+                                  strides=[shapes[n].stride for n in names] if detectron2_levels else None,
+                                  level_mapping=head.POOLER_LEVEL_MAPPING)
 
 
 def build_box_head(cfg, shapes: dict[str, ShapeSpec], backbone_kwargs: dict) -> nn.Module:
