@@ -125,10 +125,15 @@ def convert_heads(sd: dict, src: str, dst: str, *, anchor_grid: tuple[int, int] 
         if fw not in FRAMEWORKS:
             raise ValueError(f"{name}={fw!r}: expected one of {', '.join(FRAMEWORKS)}")
     report = ConversionReport(src, dst)
+    if src == "detectron2":  # torchvision's FPN lists count from the checkpoint's first level
+        levels = [int(m["level"]) for k in sd for _, pat in _PATTERNS[src][:2] if (m := pat.fullmatch(k))]
+        fpn_first_level = min(levels, default=fpn_first_level)
     parsed: dict[str, tuple[str, dict, torch.Tensor]] = {}
     for key, value in sd.items():
         p = parse_head_key(key, src, fpn_first_level)
-        if p is None:
+        if key in ("pixel_mean", "pixel_std"):  # older detectron2 saved its input normalisation
+            report.dropped[key] = "the input normalisation is MODEL.PIXEL_MEAN / PIXEL_STD of the config"
+        elif p is None:
             report.unmatched.append(key)
         else:
             parsed[key] = (p[0], p[1], value if isinstance(value, torch.Tensor) else torch.as_tensor(value))
