@@ -150,6 +150,12 @@ def convert_detector(sd: dict, src_layout: str, dst_layout: str, *, anchor_grid:
     heads, head_report = convert_heads(rest, head_framework(src_layout), head_framework(dst_layout),
                                        anchor_grid=anchor_grid, fpn_first_level=fpn_first_level)
     out.update(heads)
+    if head_framework(dst_layout) == "detectron2":  # its FrozenBN, the model zoo's norm, has no counter
+        for key in [k for k in out if k.endswith("num_batches_tracked")]:
+            del out[key]
+            src_key = next((s for s, d in report.converted.items() if d == key), key)
+            report.converted.pop(src_key, None)
+            report.dropped[src_key] = "detectron2's FrozenBN keeps no batch counter"
     report.src, report.dst = src_layout, dst_layout
     report.converted.update(head_report.converted)
     report.synthesized += head_report.synthesized

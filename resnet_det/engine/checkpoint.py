@@ -217,7 +217,10 @@ def classification_to_detector_names(sd: dict, model_keys: set[str]) -> tuple[di
     if layout is not None:
         sd, rest = split_detector(sd, layout)
         dropped += list(rest)
-    convention = detect_convention(sd)
+    try:
+        convention = detect_convention(sd)
+    except ValueError:  # no ResNet name at all: load_model_weights says what the file holds instead
+        convention = "torchvision"
     if convention != "torchvision":
         sd, _ = convert_state_dict(sd, convention, "torchvision", keep_unmatched=True, log=False)
     mapped = {}
@@ -249,8 +252,11 @@ def _to_model_names(sd: dict, model: nn.Module, target: dict, path: str) -> tupl
         grid = (len(generator.sizes[0]), len(generator.aspect_ratios[0])) if generator is not None else None
         try:
             converted, report = convert_detector(sd, layout, dst, anchor_grid=grid)
-        except ValueError as e:
-            raise WeightsError(f"MODEL.WEIGHTS {path} (a {layout} detector checkpoint): {e}") from None
+        except ValueError:  # another anchor grid: converted as detectron2's default, the shapes then tell
+            try:
+                converted, report = convert_detector(sd, layout, dst)
+            except ValueError as e:
+                raise WeightsError(f"MODEL.WEIGHTS {path} (a {layout} detector checkpoint): {e}") from None
         return ({**converted, **{k: sd[k] for k in report.unmatched}}, list(report.dropped),
                 f"a {layout} detector checkpoint", True)
     if layout is None and not any(k in target for k in sd):
@@ -315,17 +321,20 @@ def load_model_weights(model: nn.Module, path: str) -> dict:
 
 def _mismatch_message(path, kind, total, loaded, required, wrong_shape, unused) -> str:
     if not loaded:
-        what = f"matches none of the model's {total} tensors"
-    elif required:
-        what = (f"fills {len(loaded)} of the model's {total} tensors; {len(required)} it should provide are "
-                f"missing and would start from random initialisation: {_summarize(required)}")
+        what = f"matches none of the model's {total} tensors."
     else:
-        what = f"has tensors of other shapes than the model's: {'; '.join(wrong_shape[:6])}"
-    holds = f" The file's tensors without a place in the model ({len(unused)}): {_summarize(unused)}." if unused else ""
-    return (f"MODEL.WEIGHTS {path} ({kind}) {what}.{holds} The config builds another model than the one "
-            "these weights belong to (depth, C4 vs FPN, anchors, FPN levels, block type): use the config "
-            "the weights were trained with; for a detectron2 model-zoo checkpoint, the config of the same "
-            "name in configs/detectron2_zoo/; for other formats, tools/convert_weights.py.")
+        what = f"fills {len(loaded)} of the model's {total} tensors."
+    if required and loaded:
+        what += (f" {len(required)} it should provide are missing and would start from random "
+                 f"initialisation: {_summarize(required)}.")
+    if wrong_shape:
+        what += f" Shapes differ outside the class layers: {'; '.join(wrong_shape[:6])}."
+    if unused:
+        what += f" The file's tensors without a place in the model ({len(unused)}): {_summarize(unused)}."
+    return (f"MODEL.WEIGHTS {path} ({kind}) {what} The config builds another model than the one these "
+            "weights belong to (depth, C4 vs FPN, anchors, FPN levels, block type): use the config the "
+            "weights were trained with; for a detectron2 model-zoo checkpoint, the config of the same name "
+            "in configs/detectron2_zoo/; for other formats, tools/convert_weights.py.")
 
 
 def _summarize(keys: list[str], limit: int = 12) -> str:
