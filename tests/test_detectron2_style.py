@@ -157,3 +157,22 @@ def test_predictor_conversion_keeps_every_probability_and_box():
     assert torch.equal(box_ours[:, 4:], box_d2) and not box_ours[:, :4].any()
     back, _ = convert_heads(ours, "resnet_det", "detectron2")
     assert all(torch.equal(back[n], d2[n]) for n in d2)
+
+
+@pytest.mark.parametrize("base", ["Base-RCNN-C4.yaml", "Base-RCNN-FPN.yaml"])
+def test_detectron2_style_detectors_train(base):
+    """The switches are test-time semantics; training on them (anchors, aligned RoIAlign backward,
+    proposal selection) runs with torchvision's losses."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "detectron2_zoo", base))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+                         "MODEL.BACKBONE.FREEZE_AT", 0, "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128,
+                         "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32])
+    model = build_model(cfg).train()
+    g = torch.Generator().manual_seed(0)
+    batch = [{"image": torch.randint(0, 255, (3, 90, 120), dtype=torch.uint8, generator=g),
+              "boxes": torch.tensor([[10.0, 20.0, 60.0, 80.0]]), "classes": torch.tensor([1])}]
+    losses = model(batch)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert model.backbone.body.layer2[0].conv1.weight.grad.abs().sum() > 0

@@ -139,7 +139,8 @@ def test_zoo_checkpoint_fills_every_tensor_and_converts_back(zoo_pickle, arch, t
     assert len(report["loaded"]) == len(model.state_dict()) == len(shapes)
     assert report["missing"] == report["reinitialized"] == report["unused"] == []
 
-    Checkpointer(model, str(tmp_path), meta=Trainer.weights_meta(zoo_cfg(arch))).save("model_final", iteration=9)
+    meta = Trainer.weights_meta(zoo_cfg(arch))
+    Checkpointer(model, str(tmp_path), meta=meta).save("model_final", iteration=9)  # as training writes it
     out = run_tool(capsys, "--input", tmp_path / "model_final.pth", "--output", tmp_path / "d2.pkl",
                    "--to", "detectron2", "--detector", arch)
     assert f"resnet_det-{arch} -> detectron2-{arch}" in out and "0 unmatched" in out
@@ -155,8 +156,8 @@ def test_zoo_checkpoint_fills_every_tensor_and_converts_back(zoo_pickle, arch, t
 def test_round_trip_through_detectron2_gives_identical_detections(tmp_path, capsys):
     """Our detector -> detectron2 pickle -> our detector: the same tensors, the same detections."""
     torch.manual_seed(3)
-    cfg = zoo_cfg("FPN", "MODEL.RESNETS.DEPTH", 18, "MODEL.ROI_HEADS.NUM_CLASSES", 5, "INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 200,
-                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    cfg = zoo_cfg("FPN", "MODEL.RESNETS.DEPTH", 18, "MODEL.ROI_HEADS.NUM_CLASSES", 5, "INPUT.MIN_SIZE_TEST", 160,
+                  "INPUT.MAX_SIZE_TEST", 200, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
     src = build_model(cfg).eval()
     with torch.no_grad():
         src.roi_heads.box_predictor.cls_score.bias[1:] += 3.0  # a random head predicts background only

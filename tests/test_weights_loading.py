@@ -58,8 +58,8 @@ def test_detector_checkpoint_missing_a_part_is_an_error(tmp_path):
 
 def test_other_shapes_outside_the_class_layers_are_an_error(tmp_path):
     path = save(tiny("Base-RCNN-FPN.yaml").state_dict(), tmp_path / "fpn64.pth")
-    with pytest.raises(WeightsError, match=r"Shapes differ outside the class layers: backbone.fpn.inner_blocks.0.0.weight \(64, 64, 1, 1\) "
-                                           r"-> \(32, 64, 1, 1\)"):
+    expected = r"Shapes differ outside the class layers: backbone.fpn.inner_blocks.0.0.weight \(64, 64, 1, 1\)"
+    with pytest.raises(WeightsError, match=expected + r" -> \(32, 64, 1, 1\)"):
         load_model_weights(tiny("Base-RCNN-FPN.yaml", "MODEL.FPN.OUT_CHANNELS", 32), path)
 
 
@@ -115,3 +115,19 @@ def test_detectron2_c4_checkpoint_into_an_fpn_config_names_the_mistake(tmp_path)
         else:
             ref_v = ref[k]
         assert torch.equal(v, ref_v), k
+
+
+def test_detectron2_detector_pickle_brings_its_input_convention(tmp_path):
+    """A model-zoo pickle records nothing; its detectron2 names imply MSRA's convention (BGR, mean only,
+    stride in the 1x1), which setup_cfg / DefaultPredictor adopt for a config written for torchvision."""
+    from resnet_det.engine import adopt_weight_conventions
+
+    d2, _ = convert_detector(tiny("Base-RCNN-FPN.yaml").state_dict(), "resnet_det-FPN", "detectron2-FPN")
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in d2.items()}, "__author__": "Detectron2 Model Zoo"}, f)
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RCNN-FPN.yaml"))
+    changed = adopt_weight_conventions(cfg, str(path))
+    assert set(changed) == {"INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.RESNETS.STRIDE_IN_1X1"}
+    assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_STD), cfg.MODEL.RESNETS.STRIDE_IN_1X1) == ("BGR", [1.0] * 3, True)

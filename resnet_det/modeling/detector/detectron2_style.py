@@ -4,13 +4,20 @@ torchvision's behaviour stays the default (the shipped configs reproduce torchvi
 tests/test_detector.py); the configs in configs/detectron2_zoo/ switch every key below to detectron2's,
 so a detectron2 model-zoo checkpoint gives detectron2's boxes (tests/test_detectron2_zoo.py).
 
-| key | "torchvision" | "detectron2" |
-|---|---|---|
-| INPUT.RESIZE_ROUNDING | floor of size x scale | int(x + 0.5) (transforms/augmentation_impl.py) |
-| MODEL.ANCHOR_GENERATOR.STYLE | cell anchors rounded to integers; stride = padded image // map | exact cell anchors; the backbone's strides (anchor_generator.py) |
-| MODEL.RPN.POSTPROCESS | drop sides < MIN_SIZE; NMS on sigmoid scores | drop non-finite and sides <= MIN_SIZE; NMS on logits (proposal_utils.py) |
-| MODEL.ROI_BOX_HEAD.POOLER_LEVEL_MAPPING | floor(4 + log2(s / 224) + 1e-6) | floor(4 + log2(s / 224 + 1e-8)) (poolers.py) |
-| MODEL.ROI_HEADS.POSTPROCESS | drop boxes under 1e-2 px before NMS | keep them; clip to the original image, drop empty ones (fast_rcnn.py, postprocessing.py) |
+    INPUT.RESIZE_ROUNDING                  floor: floor of size x scale
+                                           round: int(x + 0.5) (data/transforms/augmentation_impl.py)
+    MODEL.ANCHOR_GENERATOR.STYLE           torchvision: cell anchors rounded to integers, a map's stride
+                                             = padded image size // map size
+                                           detectron2: exact cell anchors, the backbone's strides
+                                             (modeling/anchor_generator.py)
+    MODEL.RPN.POSTPROCESS                  torchvision: drop sides < MIN_SIZE; NMS on sigmoid scores
+                                           detectron2: drop non-finite boxes and sides <= MIN_SIZE; NMS on
+                                             logits (modeling/proposal_generator/proposal_utils.py)
+    MODEL.ROI_BOX_HEAD.POOLER_LEVEL_MAPPING  torchvision: floor(4 + log2(s / 224) + 1e-6)
+                                           detectron2: floor(4 + log2(s / 224 + 1e-8)) (modeling/poolers.py)
+    MODEL.ROI_HEADS.POSTPROCESS            torchvision: drop boxes under 1e-2 px before NMS
+                                           detectron2: keep them; clip to the original image and drop empty
+                                             ones (modeling/roi_heads/fast_rcnn.py, modeling/postprocessing.py)
 
 plus MODEL.ROI_BOX_HEAD.POOLER_TYPE ROIAlignV2 (RoIAlign with aligned=True) and
 MODEL.ANCHOR_GENERATOR.OFFSET, which both libraries have. Anchors stay in torchvision's ratio-major
