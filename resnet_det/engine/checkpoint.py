@@ -301,7 +301,7 @@ def load_model_weights(model: nn.Module, path: str) -> dict:
     required = [k for k in missing
                 if whole or (_resnet_name(k) is not None and (src_has_fc or not _resnet_name(k).startswith("fc.")))]
     if not loaded or required or wrong_shape:
-        raise WeightsError(_mismatch_message(path, kind, len(target), loaded, required, wrong_shape, unused))
+        raise WeightsError(_mismatch_message(path, kind, list(target), loaded, required, wrong_shape, unused))
     model.load_state_dict(new_state)
     report = {"loaded": loaded, "reinitialized": reinit, "missing": missing, "unused": dropped + unused}
     logger.info("Loaded %d of the model's %d tensors from %s (%s)", len(loaded), len(target), path, kind)
@@ -319,11 +319,12 @@ def load_model_weights(model: nn.Module, path: str) -> dict:
     return report
 
 
-def _mismatch_message(path, kind, total, loaded, required, wrong_shape, unused) -> str:
+def _mismatch_message(path, kind, target, loaded, required, wrong_shape, unused) -> str:
     if not loaded:
-        what = f"matches none of the model's {total} tensors."
+        what = (f"matches none of the model's {len(target)} tensors (named like {', '.join(target[:3])}; "
+                "ResNet weights may also use detectron2's or MSRA's names).")
     else:
-        what = f"fills {len(loaded)} of the model's {total} tensors."
+        what = f"fills {len(loaded)} of the model's {len(target)} tensors."
     if required and loaded:
         what += (f" {len(required)} it should provide are missing and would start from random "
                  f"initialisation: {_summarize(required)}.")
