@@ -22,7 +22,11 @@ so a detectron2 model-zoo checkpoint gives detectron2's boxes (tests/test_detect
 plus MODEL.ROI_BOX_HEAD.POOLER_TYPE ROIAlignV2 (RoIAlign with aligned=True) and
 MODEL.ANCHOR_GENERATOR.OFFSET, which both libraries have. Anchors stay in torchvision's ratio-major
 order here; detectron2's size-major RPN channels are permuted when its weights load
-(checkpoint/heads.py).
+(checkpoint/heads.py). The same in both, so no switch: box decoding and its clamp at log(1000 / 16)
+(box_regression.py), the per-level pre-NMS top-k on logits, clipping to the image, NMS per level and
+per class, zero padding to the size divisibility, FPN's nearest top-down upsampling and max-pooled P6.
+Not reproduced: detectron2 resizes uint8 images with PIL before the model, we resize float tensors
+inside it; with INPUT.RESIZE_ROUNDING round the sizes agree, resampled pixel values differ slightly.
 """
 from __future__ import annotations
 
