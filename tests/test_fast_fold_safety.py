@@ -1,8 +1,6 @@
 """BN folding (MODEL.FUSE_FROZEN_BN, on by default) never changes a model's function: not for a
 user backbone laid out differently from ours, not after weight edits the version counters miss, not
 after the model's norms are replaced. The oracle is always the same model without folding."""
-import copy
-import logging
 import os
 
 import torch
@@ -10,7 +8,6 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from resnet_det.config import get_cfg
-from resnet_det.modeling import fast as fast_module
 from resnet_det.modeling.backbone import BACKBONE_REGISTRY
 from resnet_det.modeling.backbone.backbone import Backbone, ShapeSpec
 from resnet_det.modeling.backbone.resnet import ResNet

@@ -197,11 +197,14 @@ def save_resnet_det(path: str, sd: dict, meta: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
-def save_detectron2_pkl(path: str, sd: dict, meta: dict | None = None, author: str = "resnet_det") -> None:
+def save_detectron2_pkl(path: str, sd: dict, meta: dict | None = None, author: str = "resnet_det",
+                        matching_heuristics: bool = True) -> None:
     """detectron2's pickle: numpy arrays; matching_heuristics lets its checkpointer match our
-    prefix-less names (res2.0.conv1.weight) to its own (backbone.bottom_up.res2...) by suffix."""
-    record = {"model": {k: v.detach().cpu().numpy() for k, v in sd.items()}, "__author__": author,
-              "matching_heuristics": True}
+    prefix-less names (res2.0.conv1.weight) to its own (backbone.bottom_up.res2...) by suffix. A whole
+    detector under detectron2's exact names is written without it, as the model zoo's files are."""
+    record = {"model": {k: v.detach().cpu().numpy() for k, v in sd.items()}, "__author__": author}
+    if matching_heuristics:
+        record["matching_heuristics"] = True
     if meta is not None:  # detectron2 ignores extra top-level keys
         record["meta"] = check_meta(dict(meta))
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -206,65 +206,161 @@ def values_differ(a, b) -> bool:
     return not np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
 
 
-def classification_to_detector_names(sd: dict, model_keys: set[str]) -> tuple[dict, list[str]]:
-    """Map torchvision-named classification weights onto the detector: stem..res4 (and res5 for
-    FPN) into `backbone.body.*`; for C4, `layer4.*` into the res5 box head; `fc.*` is dropped."""
-    from ..checkpoint import convert_state_dict, detect_convention
+# Layers whose shape follows the number of classes: a checkpoint for another NUM_CLASSES leaves them
+# at their initialisation (a warning names them). Any other shape difference is an error.
+_CLASS_LAYERS = re.compile(r"^(roi_heads\.box_predictor\.|(net\.)?fc\.|head\.(cls_logits|bbox_pred)\.)")
 
-    convention = detect_convention(sd)
+
+def _resnet_name(key: str) -> str | None:
+    """The torchvision ResNet parameter name a model key holds (backbone, C4 res5 head, a Localizer's
+    net), or None for the parts around the ResNet (FPN, RPN, box head, predictor, ...)."""
+    from ..checkpoint import parse_key
+
+    for prefix, replace in (("backbone.body.", ""), ("roi_heads.box_head.res5.", "layer4."), ("net.", "")):
+        if key.startswith(prefix):
+            key = replace + key[len(prefix):]
+            break
+    return key if parse_key(key, "torchvision") is not None else None
+
+
+def classification_to_detector_names(sd: dict, model_keys: set[str]) -> tuple[dict, list[str]]:
+    """Map ResNet weights (any naming in the key table, or a whole detector's backbone) onto the model:
+    stem..res4 (and res5 for FPN) into `backbone.body.*`; for C4, `layer4.*` into the res5 box head;
+    a classifier takes the names as they are. Returns (mapped, dropped): `fc.*` has no place in a
+    detector, and a detector checkpoint's other parts none in a classifier."""
+    from ..checkpoint import convert_state_dict, detect_convention, detect_layout, split_detector
+
+    dropped: list[str] = []
+    layout = detect_layout(sd)
+    if layout is not None:
+        sd, rest = split_detector(sd, layout)
+        dropped += list(rest)
+    try:
+        convention = detect_convention(sd)
+    except ValueError:  # no ResNet name at all: load_model_weights says what the file holds instead
+        convention = "torchvision"
     if convention != "torchvision":
-        sd, _ = convert_state_dict(sd, convention, "torchvision")
-    mapped, dropped = {}, []
+        sd, _ = convert_state_dict(sd, convention, "torchvision", keep_unmatched=True, log=False)
+    mapped = {}
     for k, v in sd.items():
-        if k.startswith("fc."):
-            dropped.append(k)
-            continue
         body = f"backbone.body.{k}"
         head = "roi_heads.box_head.res5." + k[len("layer4."):] if k.startswith("layer4.") else None
         if body in model_keys:
             mapped[body] = v
         elif head is not None and head in model_keys:
             mapped[head] = v
+        elif k.startswith("fc.") and k not in model_keys:
+            dropped.append(k)
         else:
-            mapped[k] = v  # reported as unused by load_model_weights
+            mapped[k] = v  # a classifier's own name, or reported as unused by load_model_weights
     return mapped, dropped
 
 
+def _to_model_names(sd: dict, model: nn.Module, target: dict, path: str) -> tuple[dict, list[str], str, bool]:
+    """(checkpoint under the model's names, keys with no place by design, what the file is, whether it
+    is a whole model's checkpoint rather than backbone weights)."""
+    from ..checkpoint import LAYOUTS, convert_detector, detect_layout
+
+    layout = detect_layout(sd)
+    is_detector = any(k.startswith("rpn.") for k in target)
+    if layout is not None and not layout.startswith("resnet_det-") and is_detector:
+        # detectron2 (or detectron2-plugin) detector: every part converts, none is re-initialised.
+        dst = "resnet_det-C4" if LAYOUTS[layout].res5_prefix else "resnet_det-FPN"
+        generator = getattr(getattr(model, "rpn", None), "anchor_generator", None)
+        grid = (len(generator.sizes[0]), len(generator.aspect_ratios[0])) if generator is not None else None
+        try:
+            converted, report = convert_detector(sd, layout, dst, anchor_grid=grid)
+        except ValueError:  # another anchor grid: converted as detectron2's default, the shapes then tell
+            try:
+                converted, report = convert_detector(sd, layout, dst)
+            except ValueError as e:
+                raise WeightsError(f"MODEL.WEIGHTS {path} (a {layout} detector checkpoint): {e}") from None
+        return ({**converted, **{k: sd[k] for k in report.unmatched}}, list(report.dropped),
+                f"a {layout} detector checkpoint", True)
+    if layout is None and not any(k in target for k in sd):
+        mapped, dropped = classification_to_detector_names(sd, set(target))
+        return mapped, dropped, "backbone weights", False
+    if layout is not None and not is_detector:
+        mapped, dropped = classification_to_detector_names(sd, set(target))
+        return mapped, dropped, f"the backbone of a {layout} detector checkpoint", False
+    return sd, [], "a checkpoint of this model's layout", True
+
+
 def load_model_weights(model: nn.Module, path: str) -> dict:
-    """Load MODEL.WEIGHTS into `model`, matching by name and shape. Tensors whose shape differs
-    (e.g. another NUM_CLASSES) keep their fresh initialisation. Returns and logs the report."""
+    """Load MODEL.WEIGHTS into `model`; returns and logs the report (loaded / reinitialized /
+    missing / unused).
+
+    What the file is decides what it must provide. A whole-model checkpoint (resnet_det's, or a
+    detectron2 detector, converted part by part: checkpoint/heads.py) must fill every tensor; only the
+    class layers of another NUM_CLASSES may keep their initialisation (a warning lists them).
+    Backbone weights (ImageNet, any naming) must fill the ResNet; the parts around it (FPN, RPN, box
+    head, predictor) start from their initialisation by design, logged as such. A file that matches
+    nothing, leaves required tensors missing or differs in another shape raises WeightsError naming
+    the file, what is missing and what the file holds.
+    """
     model = _unwrap(model)
     sd, _ = read_weights(path)
     target = model.state_dict()
-    dropped: list[str] = []
-    if not any(k in target for k in sd):
-        sd, dropped = classification_to_detector_names(sd, set(target))
-    loaded, reinit, unused = [], [], list(dropped)
+    sd, dropped, kind, whole = _to_model_names(sd, model, target, path)
+    loaded, reinit, unused, wrong_shape = [], [], [], []
     new_state = dict(target)
     for k, v in sd.items():
         if k not in target:
             if not k.endswith("num_batches_tracked"):  # BN's counter; FrozenBN has none
                 unused.append(k)
         elif tuple(v.shape) != tuple(target[k].shape):
-            reinit.append(f"{k} {tuple(v.shape)} -> {tuple(target[k].shape)}")
+            (reinit if _CLASS_LAYERS.match(k) else wrong_shape).append(
+                f"{k} {tuple(v.shape)} -> {tuple(target[k].shape)}")
         else:
             new_state[k] = v.to(target[k].dtype)
             loaded.append(k)
     missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
+    src_has_fc = any(k.startswith(("fc.", "net.fc.")) for k in loaded + [r.split(" ")[0] for r in reinit])
+    required = [k for k in missing
+                if whole or (_resnet_name(k) is not None and (src_has_fc or not _resnet_name(k).startswith("fc.")))]
+    if not loaded or required or wrong_shape:
+        raise WeightsError(_mismatch_message(path, kind, list(target), loaded, required, wrong_shape, unused))
     model.load_state_dict(new_state)
-    report = {"loaded": loaded, "reinitialized": reinit, "missing": missing, "unused": unused}
-    logger.info("Loaded %d tensors from %s", len(loaded), path)
+    report = {"loaded": loaded, "reinitialized": reinit, "missing": missing, "unused": dropped + unused}
+    logger.info("Loaded %d of the model's %d tensors from %s (%s)", len(loaded), len(target), path, kind)
     if reinit:
-        logger.info("Re-initialised (shape differs from the checkpoint): %s", "; ".join(reinit))
-    if missing:
-        logger.info("Not in the checkpoint, left at their initialisation (%d): %s", len(missing),
-                    _summarize(missing))
+        logger.warning("MODEL.WEIGHTS %s: the class layers' shapes differ (another NUM_CLASSES), so they keep "
+                       "their initialisation: %s", path, "; ".join(reinit))
+    if missing:  # only parts a backbone checkpoint cannot hold; anything else raised above
+        logger.info("MODEL.WEIGHTS %s holds %s only: the model's other parts (%d tensors) start from their "
+                    "initialisation, as in any fine-tuning: %s", path, kind, len(missing), _summarize(missing))
+    if dropped:
+        logger.info("Not needed by this model, by design (%d): %s", len(dropped), _summarize(dropped))
     if unused:
-        logger.info("In the checkpoint but unused (%d): %s", len(unused), _summarize(unused))
+        logger.warning("MODEL.WEIGHTS %s: %d tensors have no place in this model and were not loaded: %s",
+                       path, len(unused), _summarize(unused))
     return report
 
 
+def _mismatch_message(path, kind, target, loaded, required, wrong_shape, unused) -> str:
+    if not loaded:
+        what = (f"matches none of the model's {len(target)} tensors (named like {', '.join(target[:3])}; "
+                "ResNet weights may also use detectron2's or MSRA's names).")
+    else:
+        what = f"fills {len(loaded)} of the model's {len(target)} tensors."
+    if required and loaded:
+        what += (f" {len(required)} it should provide are missing and would start from random "
+                 f"initialisation: {_summarize(required)}.")
+    if wrong_shape:
+        what += f" Shapes differ outside the class layers: {'; '.join(wrong_shape[:6])}."
+    if unused:
+        what += f" The file's tensors without a place in the model ({len(unused)}): {_summarize(unused)}."
+    return (f"MODEL.WEIGHTS {path} ({kind}) {what} The config builds another model than the one these "
+            "weights belong to (depth, C4 vs FPN, anchors, FPN levels, block type): use the config the "
+            "weights were trained with; for a detectron2 model-zoo checkpoint, the config of the same name "
+            "in configs/detectron2_zoo/; for other formats, tools/convert_weights.py.")
+
+
 def _summarize(keys: list[str], limit: int = 12) -> str:
-    prefixes = sorted({".".join(k.split(".")[:3]) for k in keys})
-    more = f" ... ({len(prefixes) - limit} more groups)" if len(prefixes) > limit else ""
-    return ", ".join(prefixes[:limit]) + more
+    groups: dict[str, int] = {}
+    for k in keys:
+        group = ".".join(k.split(".")[:3])
+        groups[group] = groups.get(group, 0) + 1
+    parts = [f"{g} ({n})" if n > 1 else g for g, n in sorted(groups.items())]
+    more = f" ... ({len(parts) - limit} more groups)" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more

@@ -23,7 +23,7 @@ __all__ = ["VERIFIED_VERSIONS", "private_internals_ok"]
 
 VERIFIED_VERSIONS = {"torch": ((2, 5), (2, 14)), "torchvision": ((0, 20), (0, 29))}
 _PRIVATE_NAMES = {"torchvision.ops.poolers": ("_filter_input", "_setup_scales", "_multiscale_roi_align",
-                                              "_convert_to_roi_format"),
+                                              "_convert_to_roi_format", "LevelMapper"),
                   "torch._C._nn": ("mkldnn_reorder_conv2d_weight",)}
 _verdict: bool | None = None
 

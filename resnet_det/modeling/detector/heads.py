@@ -10,6 +10,7 @@ from ..backbone.backbone import ShapeSpec
 from ..backbone.blocks import init_weights
 from ..backbone.resnet import build_stage, check_depth
 from ...utils.compat import private_internals_ok
+from ...utils.errors import ConfigError
 from ..fast import version_key
 from .pooling import FastMultiScaleRoIAlign
 
@@ -139,8 +140,21 @@ def build_box_pooler(cfg, shapes: dict[str, ShapeSpec]) -> nn.Module:
         if len(names) != 1:
             raise ValueError("POOLER_TYPE ROIPool reads one feature map; use ROIAlign for FPN levels")
         return ROIPool(names[0], head.POOLER_RESOLUTION, shapes[names[0]].stride)
-    pooler = FastMultiScaleRoIAlign if cfg.MODEL.FAST_ROI_ALIGN and private_internals_ok() else MultiScaleRoIAlign
-    return pooler(featmap_names=names, output_size=head.POOLER_RESOLUTION, sampling_ratio=head.POOLER_SAMPLING_RATIO)
+    aligned = head.POOLER_TYPE == "ROIAlignV2"  # detectron2's name for RoIAlign with aligned=True
+    detectron2_levels = head.POOLER_LEVEL_MAPPING == "detectron2"
+    gather = cfg.MODEL.FAST_ROI_ALIGN and private_internals_ok()
+    if not (gather or aligned or detectron2_levels):
+        return MultiScaleRoIAlign(featmap_names=names, output_size=head.POOLER_RESOLUTION,
+                                  sampling_ratio=head.POOLER_SAMPLING_RATIO)
+    if not private_internals_ok():  # torchvision's MultiScaleRoIAlign has neither switch
+        raise ConfigError(f"MODEL.ROI_BOX_HEAD.POOLER_TYPE={head.POOLER_TYPE} / POOLER_LEVEL_MAPPING="
+                          f"{head.POOLER_LEVEL_MAPPING} need torchvision's pooler internals, which this "
+                          "torch/torchvision version does not offer as checked (see resnet_det/utils/compat.py); "
+                          "use POOLER_TYPE ROIAlign and POOLER_LEVEL_MAPPING torchvision, or a supported version")
+    return FastMultiScaleRoIAlign(names, head.POOLER_RESOLUTION, head.POOLER_SAMPLING_RATIO, aligned=aligned,
+                                  gather=gather,
+                                  strides=[shapes[n].stride for n in names] if detectron2_levels else None,
+                                  level_mapping=head.POOLER_LEVEL_MAPPING)
 
 
 def build_box_head(cfg, shapes: dict[str, ShapeSpec], backbone_kwargs: dict) -> nn.Module:
