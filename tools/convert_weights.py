@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnet_det.checkpoint import (LAYOUTS, atomic_write, block_structure, convert_detector,  # noqa: E402
-                                   convert_state_dict, default_meta, detect_convention, detect_layout,
-                                   join_detector, read_checkpoint, save_detectron2_pkl, save_resnet_det,
+from resnet_det.checkpoint import (LAYOUTS, block_structure, convert_detector, convert_state_dict,  # noqa: E402
+                                   default_meta, detect_convention, detect_layout, join_detector,
+                                   read_checkpoint, save_detectron2_pkl, save_msra_pkl, save_resnet_det,
                                    split_detector)
+from resnet_det.utils.io import atomic_save  # noqa: E402
 from resnet_det.modeling.backbone.resnet import ARCHS  # noqa: E402
 
 TARGETS = ("resnet_det", "torchvision", "detectron2", "msra")
@@ -127,22 +127,14 @@ def main(argv=None) -> int:
     if args.to == "resnet_det":
         save_resnet_det(args.output, out, meta)
     elif args.to == "torchvision":
-        import torch
-
-        atomic_write(args.output, lambda tmp: torch.save(out, tmp))
+        atomic_save(out, args.output)
     elif args.to == "detectron2":
         # A whole detector under detectron2's own names loads as the model zoo's files do, by exact
         # name; backbones (and the plugin's names) rely on its suffix-matching heuristics.
         exact = whole is not None and not args.plugin
         save_detectron2_pkl(args.output, out, meta, matching_heuristics=not exact)
-    else:  # Caffe2's layout, as MSRA's R-50.pkl; detectron2 reads it with its Caffe2 name heuristics
-        record = {"blobs": {k: v.numpy() for k, v in out.items()}, "meta": meta}
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                pickle.dump(record, f, protocol=4)
-
-        atomic_write(args.output, write)
+    else:
+        save_msra_pkl(args.output, out, meta)
     print(f"wrote {args.output} ({args.to}{', ' + layout if layout else ''}); meta: {meta}")
     return 0
 

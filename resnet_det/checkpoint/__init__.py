@@ -1,7 +1,6 @@
 """Weight conversion between torchvision, detectron2 and MSRA/Caffe2 names, and checkpoint files."""
-from .io import (ACCEPTED_FORMATS, META_KEYS, atomic_write, check_meta, default_meta,
-                 load_backbone_weights, meta_mismatches, missing_weights_error, read_checkpoint,
-                 save_detectron2_pkl, save_resnet_det)
+from .io import (ACCEPTED_FORMATS, META_KEYS, check_meta, default_meta, load_backbone_weights, meta_mismatches,
+                 missing_weights_error, read_checkpoint, save_detectron2_pkl, save_msra_pkl, save_resnet_det)
 from .key_map import (BN_EPS, CONVENTIONS, TABLE, ConversionReport, block_structure, convert_state_dict,
                       detect_convention, format_key, parse_key)
 from .heads import HEAD_TABLE, anchor_order, convert_heads
@@ -15,6 +14,6 @@ __all__ = [
     "LAYOUTS", "convert_detector", "detect_layout", "head_framework", "join_detector", "split_detector",
     "HEAD_TABLE", "anchor_order", "convert_heads",
     # io: files and the meta record
-    "ACCEPTED_FORMATS", "META_KEYS", "atomic_write", "check_meta", "default_meta", "load_backbone_weights",
-    "meta_mismatches", "missing_weights_error", "read_checkpoint", "save_detectron2_pkl", "save_resnet_det",
+    "ACCEPTED_FORMATS", "META_KEYS", "check_meta", "default_meta", "load_backbone_weights",
+    "meta_mismatches", "missing_weights_error", "read_checkpoint", "save_detectron2_pkl", "save_msra_pkl", "save_resnet_det",
 ]

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import uuid
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..utils.errors import MissingFileError, WeightsError
+from ..utils.io import atomic_save, atomic_write
 from .key_map import CONVENTIONS, ConversionReport, convert_state_dict, detect_convention
 from .layouts import detect_layout, split_detector
 
@@ -175,26 +174,10 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torc
     return sd, (check_meta(meta, f"{path}: meta") if meta is not None else None)
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` then rename onto `path`: a crash never leaves a half-written file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # A fresh name the writer creates itself, so the file gets the usual (umask) permissions.
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_resnet_det(path: str, sd: dict, meta: dict) -> None:
     """resnet_det's checkpoint: {"model": state dict (torchvision names), "meta": record}."""
     record = {"model": {k: v.detach().cpu() for k, v in sd.items()}, "meta": check_meta(dict(meta))}
-    atomic_write(path, lambda tmp: torch.save(record, tmp))
+    atomic_save(record, path)
 
 
 def save_detectron2_pkl(path: str, sd: dict, meta: dict | None = None, author: str = "resnet_det",
@@ -207,7 +190,17 @@ def save_detectron2_pkl(path: str, sd: dict, meta: dict | None = None, author: s
         record["matching_heuristics"] = True
     if meta is not None:  # detectron2 ignores extra top-level keys
         record["meta"] = check_meta(dict(meta))
+    _write_pickle(path, record)
 
+
+def save_msra_pkl(path: str, sd: dict, meta: dict) -> None:
+    """Caffe2's layout, as MSRA's R-50.pkl ({"blobs": numpy arrays} under msra names, BN already folded
+    into scale/bias by key_map); detectron2 reads it with its Caffe2 name heuristics."""
+    _write_pickle(path, {"blobs": {k: v.detach().cpu().numpy() for k, v in sd.items()},
+                         "meta": check_meta(dict(meta))})
+
+
+def _write_pickle(path: str, record: dict) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             pickle.dump(record, f, protocol=4)  # readable by every Python 3 detectron2 supports

@@ -25,6 +25,7 @@ from ..data.samplers import InferenceSampler, TrainingSampler, get_rank_and_worl
 from ..data.shapes_draw import SHAPE_KINDS
 from ..data.transforms import BadImageError, read_image
 from ..utils.errors import ConfigError, DataError
+from ..utils.io import atomic_write
 from .cifar import CIFAR10_CLASSES, CIFAR_LAYOUT, load_cifar10
 from .transforms import TestTransform, TrainTransform, center_crop, resize_shorter
 
@@ -270,9 +271,6 @@ def compute_mean_image(cfg, dicts: list[dict] | None = None, max_images: int = M
     mean = (acc / len(pick)).transpose(2, 0, 1).astype(np.float32)
     if not cache:
         return mean
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, mean)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, mean))  # the temp name ends in .npy, so np.save keeps it
     logger.info("per-pixel mean image over %d training images -> %s", len(pick), path)
     return mean

@@ -16,6 +16,7 @@ from collections import Counter
 from pycocotools.coco import COCO
 
 from ..utils.errors import DataError
+from ..utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -242,9 +243,9 @@ def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool
     dicts = DatasetCatalog.get(dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     coco = dataset_dicts_to_coco(dicts, meta.thing_classes, meta.get("thing_dataset_id_to_contiguous_id"))
-    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-    tmp = f"{output_file}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(coco, f)
-    os.replace(tmp, output_file)
-    return output_file
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(coco, f)  # streamed: a large set's json need not fit in memory twice
+
+    return atomic_write(output_file, write)

@@ -39,7 +39,8 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _atomic_dir(final: str, write) -> str:
-    """Run ``write(tmpdir)`` and rename tmpdir to ``final``; if another process won the race, keep its."""
+    """Run ``write(tmpdir)`` and rename tmpdir to ``final``; if another process won the race, keep its.
+    (A whole folder appears at once here; utils.io.atomic_write is the same idea for one file.)"""
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     for old in os.listdir(parent):  # leftovers of interrupted runs (older than an hour)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..utils.errors import ConfigError, WeightsError
+from ..utils.io import atomic_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -20,32 +21,6 @@ LAST = "last_checkpoint"
 META_KEYS = {"input_format": ("INPUT", "FORMAT"), "pixel_mean": ("MODEL", "PIXEL_MEAN"),
              "pixel_std": ("MODEL", "PIXEL_STD")}
 _WRAPPER_PREFIXES = ("module.", "net.", "model.")  # DDP and classifier wrappers
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`: a crash at any
-    point leaves either the old file or the complete new one, never a truncated `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -88,7 +63,7 @@ class Checkpointer:
         path = os.path.join(self.output_dir, f"{name}.pth")
         atomic_save(state, path)
         if name != "model_best":
-            atomic_write_text(os.path.basename(path), os.path.join(self.output_dir, LAST))
+            atomic_write_text(os.path.join(self.output_dir, LAST), os.path.basename(path))
         logger.info("Saved checkpoint %s", path)
         return path
 

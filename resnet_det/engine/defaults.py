@@ -13,6 +13,7 @@ import torch
 from ..config import get_cfg, validate_cfg
 from ..utils import comm
 from ..utils.errors import ConfigError, UserInputError, user_message
+from ..utils.io import atomic_write_text
 from ..utils.logger import setup_logger
 from .solver import scale_schedule
 
@@ -97,9 +98,7 @@ def default_setup(cfg, args) -> None:
     seed = seed_all(cfg.SEED + rank if cfg.SEED >= 0 else cfg.SEED)
     logger.info("Seed %d", seed)
     if rank == 0:
-        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(cfg.dump())
+        path = atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
         logger.info("Full config saved to %s", path)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True

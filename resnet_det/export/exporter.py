@@ -24,6 +24,7 @@ import torchvision
 
 from ..modeling.backbone import CifarResNet
 from ..utils.errors import ConfigError, MissingFileError
+from ..utils.io import atomic_write_text
 
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 MIN_OPSET = 11  # torchvision registers roi_align / nms ONNX symbolics from opset 11
@@ -166,12 +167,8 @@ def build_metadata(cfg, fmt: str, artifact: str, model_type: str, opset: int | N
 
 
 def write_metadata(meta: dict, artifact: str) -> str:
-    path = metadata_path(artifact)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, path)  # never a half-written metadata file next to a good model
-    return path
+    # Atomic: never a half-written metadata file next to a good model.
+    return atomic_write_text(metadata_path(artifact), json.dumps(meta, indent=2))
 
 
 def read_metadata(artifact: str) -> dict:
