@@ -7,9 +7,9 @@ import pytest
 import torch
 import torchvision
 
+from resnet_det.checkpoint import adopt_weight_conventions, load_model_weights
 from resnet_det.config import get_cfg
-from resnet_det.engine import DefaultPredictor, load_model_weights
-from resnet_det.engine.checkpoint import adopt_weight_conventions
+from resnet_det.engine import DefaultPredictor
 from resnet_det.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from resnet_det.modeling.detector import build_model
 from resnet_det.utils.benchmark import pretrained_like_norms

@@ -22,8 +22,9 @@ import torch
 from matplotlib import cbook
 from seeded_weights import seeded_state_dict
 
+from resnet_det.checkpoint import Checkpointer, load_model_weights
 from resnet_det.config import get_cfg
-from resnet_det.engine import Checkpointer, DefaultPredictor, Trainer, load_model_weights
+from resnet_det.engine import DefaultPredictor, Trainer
 from resnet_det.modeling.detector import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

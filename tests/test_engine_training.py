@@ -84,7 +84,7 @@ def test_resume_skips_corrupt_newest_checkpoint(shapes_root, tmp_path, caplog):
 
 
 def test_atomic_save_never_replaces_good_file_on_failure(tmp_path, monkeypatch):
-    from resnet_det.engine import checkpoint as ck
+    from resnet_det.utils import io as ck
 
     path = str(tmp_path / "model.pth")
     ck.atomic_save({"x": torch.ones(2)}, path)

@@ -7,11 +7,12 @@ import sys
 import pytest
 import torch
 
+from resnet_det.checkpoint import load_model_weights
 from resnet_det.classification import ClassificationTrainer, build_classifier
 from resnet_det.classification.data import load_image_folder
 from resnet_det.config import get_cfg, validate_cfg
 from resnet_det.data import DatasetCatalog, make_classification_set
-from resnet_det.engine import Trainer, load_model_weights, setup_cfg
+from resnet_det.engine import Trainer, setup_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

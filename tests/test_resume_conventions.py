@@ -13,12 +13,11 @@ import torch
 import torchvision
 import yaml
 
-from resnet_det.checkpoint import default_meta
+from resnet_det.checkpoint import Checkpointer, default_meta
 from resnet_det.classification import ClassificationTrainer
 from resnet_det.classification.trainer import mean_image_meta
 from resnet_det.config import get_cfg
 from resnet_det.engine import setup_cfg
-from resnet_det.engine.checkpoint import Checkpointer
 
 from engine_utils import DEMO_CONFIG, REPO, TINY_OPTS, make_tiny_shapes, run_train_net
 

@@ -1,4 +1,4 @@
-"""MODEL.WEIGHTS loading policy (engine.checkpoint.load_model_weights): what a file is decides what it
+"""MODEL.WEIGHTS loading policy (checkpoint.load_model_weights): what a file is decides what it
 must provide, and a load that leaves required tensors missing never passes silently.
 
 - whole-model checkpoints (ours, or a detectron2 detector) must fill every tensor; only the class
@@ -16,12 +16,11 @@ import pytest
 import torch
 import torchvision
 
-from resnet_det.checkpoint import convert_detector
+from resnet_det.checkpoint import convert_detector, load_model_weights
 from resnet_det.config import get_cfg
-from resnet_det.engine import load_model_weights
-from resnet_det.engine.checkpoint import WeightsError
 from resnet_det.engine.defaults import UserInputError
 from resnet_det.modeling.detector import build_model
+from resnet_det.utils.errors import WeightsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,7 +119,7 @@ def test_detectron2_c4_checkpoint_into_an_fpn_config_names_the_mistake(tmp_path)
 def test_detectron2_detector_pickle_brings_its_input_convention(tmp_path):
     """A model-zoo pickle records nothing; its detectron2 names imply MSRA's convention (BGR, mean only,
     stride in the 1x1), which setup_cfg / DefaultPredictor adopt for a config written for torchvision."""
-    from resnet_det.engine import adopt_weight_conventions
+    from resnet_det.checkpoint import adopt_weight_conventions
 
     d2, _ = convert_detector(tiny("Base-RCNN-FPN.yaml").state_dict(), "resnet_det-FPN", "detectron2-FPN")
     path = tmp_path / "model_final.pkl"

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .key_map import FIELDS, TABLE, ConversionReport, convert_state_dict, parse_key
+from .heads import convert_heads
+from .key_map import CONVENTIONS, FIELDS, TABLE, ConversionReport, convert_state_dict, parse_key
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,22 @@ def detect_layout(sd: dict) -> str | None:
     if has("backbone.stem.") or has("backbone.res") or has("roi_heads.res5."):
         return "detectron2-C4"
     return None
+
+
+def detect_convention(sd: dict) -> str:
+    """The convention most of `sd`'s ResNet keys parse in (key_map's table); a ValueError (with
+    examples) if none fits. For a whole detector's state dict its backbone part decides."""
+    layout = detect_layout(sd)
+    if layout is not None:
+        sd = split_detector(sd, layout)[0]
+    counts = {c: sum(parse_key(k, c) is not None for k in sd) for c in CONVENTIONS}
+    best = max(counts, key=counts.get)
+    if counts[best] == 0:
+        sample = ", ".join(list(sd)[:5]) or "(empty)"
+        raise ValueError(f"no key of this state dict is a ResNet parameter name in any known convention "
+                         f"(first keys: {sample}); expected names like 'layer1.0.conv1.weight' "
+                         "(torchvision), 'res2.0.conv1.weight' (detectron2) or 'res2_0_branch2a_w' (MSRA)")
+    return best
 
 
 def split_detector(sd: dict, layout: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -143,8 +160,6 @@ def convert_detector(sd: dict, src_layout: str, dst_layout: str, *, anchor_grid:
     """A whole detector's state dict from one layout to another: backbone through the ResNet table
     (key_map), FPN / RPN / box head / predictor through the head table (heads.py). Every source key
     is converted or listed in `report.unmatched`; nothing is logged (the caller decides)."""
-    from .heads import convert_heads
-
     backbone, rest = split_detector(sd, src_layout)
     out, report = join_detector(backbone, LAYOUTS[src_layout].convention, dst_layout, log=False)
     heads, head_report = convert_heads(rest, head_framework(src_layout), head_framework(dst_layout),

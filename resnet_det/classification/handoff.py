@@ -8,8 +8,8 @@ import logging
 import os
 import time
 
+from ..checkpoint import adopt_weight_conventions
 from ..config import get_cfg, validate_cfg
-from ..engine.checkpoint import adopt_weight_conventions
 from ..engine.defaults import seed_all
 from ..engine.solver import scale_schedule
 from ..engine.trainer import Trainer

@@ -1,23 +1,20 @@
 """The classifier the pretraining tool trains: normalisation + a Table 1 or Sec. 4.2 net.
 
 Its state_dict is the net's under ``net.``: torchvision names once the prefix is stripped (as
-``engine.checkpoint.read_weights`` does), so a pretraining checkpoint is a detector's MODEL.WEIGHTS.
+``checkpoint.read_checkpoint`` does), so a pretraining checkpoint is a detector's MODEL.WEIGHTS.
 The mean/std are non-persistent buffers; a per-pixel mean image travels in the checkpoint's meta.
 """
 from __future__ import annotations
-
-import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.onnx.operators import shape_as_tensor
 
+from ..checkpoint import load_model_weights, read_weights
 from ..modeling.backbone import CifarResNet, ResNet
 from ..modeling.fast import to_channels_last
-from ..utils.errors import ConfigError, WeightsError
-
-logger = logging.getLogger(__name__)
+from ..utils.errors import ConfigError
 
 
 class Classifier(nn.Module):
@@ -133,58 +130,15 @@ def build_classifier(cfg, mean_image=None) -> Classifier:
 
 
 def load_classifier_weights(model: Classifier, path: str, require_all: bool = False) -> dict:
-    """Initialise ``model.net`` from MODEL.WEIGHTS (a pretraining checkpoint or torchvision
-    weights), matching by name and shape; an fc of another NUM_CLASSES keeps its initialisation.
-    A recorded per-pixel mean image replaces the model's. Returns the report.
+    """Initialise the classifier from MODEL.WEIGHTS through the package's loader and policy
+    (checkpoint.load_model_weights: any naming, an fc of another NUM_CLASSES keeps its initialisation);
+    a recorded per-pixel mean image replaces the model's. Returns the report.
 
     ``require_all``: the file must hold exactly this net (every tensor loads, none left over, as
     export needs: a deployed model with random layers, or one missing trained blocks, is wrong)."""
-    from ..engine.checkpoint import read_weights
-
-    sd, meta = read_weights(path)
-    target = model.net.state_dict()
-    loaded, reinit = [], []
-    for k, v in sd.items():
-        if k in target and tuple(v.shape) == tuple(target[k].shape):
-            target[k] = v.to(target[k].dtype)
-            loaded.append(k)
-        elif k in target:
-            reinit.append(k)
-    unused = [k for k in sd if k not in target]
-    missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
-    if not loaded:
-        raise WeightsError(f"MODEL.WEIGHTS {path}: none of its {len(sd)} tensors matches the classifier "
-                           f"(e.g. {sorted(sd)[:3]}); expected torchvision names (conv1.weight, layer1.0...)")
-    if require_all and (missing or unused or reinit):
-        raise WeightsError(_not_this_net(path, model.net, sd, target, missing, unused, reinit))
-    model.net.load_state_dict(target)
+    report = load_model_weights(model, path, require_all=require_all)
+    _, meta = read_weights(path)
     if isinstance(meta.get("mean_image"), torch.Tensor) and model.mean_image is not None:
         model.mean_image = meta["mean_image"].to(model.pixel_mean)
         model.pixel_mean = model.mean_image.mean(dim=(1, 2)).view(3, 1, 1)
-    reinit = [f"{k} {tuple(sd[k].shape)} -> {tuple(target[k].shape)}" for k in reinit]
-    logger.info("Loaded %d tensors from %s; re-initialised %d (%s); not in the file %d; unused %d",
-                len(loaded), path, len(reinit), "; ".join(reinit), len(missing), len(unused))
-    return {"loaded": loaded, "reinitialized": reinit, "missing": missing, "unused": unused}
-
-
-def _not_this_net(path, net, sd, target, missing, unused, reinit) -> str:
-    """One paragraph: which tensors of `path` do not fit `net`, and the fix."""
-    def some(keys):
-        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-    order = list(target)  # the net's order: conv1 first, the first missing block first
-    parts = []
-    if reinit:
-        reinit = sorted(reinit, key=order.index)
-        parts.append(f"{len(reinit)} differ in shape (" + "; ".join(
-            f"{k} {tuple(sd[k].shape)} in the file, {tuple(target[k].shape)} in the net" for k in reinit[:3]) + ")")
-    if missing:
-        parts.append(f"{len(missing)} of the net's tensors are missing from the file ({some(missing)})")
-    if unused:
-        parts.append(f"{len(unused)} of the file's tensors are not in the net ({some(unused)})")
-    kind = "CIFAR ResNet" if type(net).__name__ == "CifarResNet" else "ResNet"
-    return (f"MODEL.WEIGHTS {path} does not hold the {kind}-{getattr(net, 'depth', '?')} with "
-            f"{net.fc.out_features} classes this config builds: {'; '.join(parts)}. Every trained tensor "
-            "must load exactly; use the config the checkpoint was trained with (MODEL.CLASSIFIER.STYLE, "
-            "MODEL.CLASSIFIER.CIFAR_DEPTH or MODEL.RESNETS.DEPTH, MODEL.CLASSIFIER.NUM_CLASSES, "
-            "MODEL.RESNETS.SHORTCUT), or that config's checkpoint.")
+    return report

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..engine.checkpoint import _unwrap, read_weights
+from ..checkpoint import read_weights, unwrap_model
 from ..engine.run import record_eval_only
 from ..engine.trainer import Trainer, resolve_device
 from ..evaluation import ClassificationEvaluator
@@ -28,7 +28,7 @@ class ClassificationTrainer(Trainer):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        mean_image = _unwrap(self.model).mean_image
+        mean_image = unwrap_model(self.model).mean_image
         if mean_image is not None:
             self.checkpointer.meta = {**self.checkpointer.meta, **mean_image_meta(mean_image)}
 
@@ -57,7 +57,7 @@ class ClassificationTrainer(Trainer):
         return meta
 
     def load_initial_weights(self, path: str) -> None:
-        load_classifier_weights(_unwrap(self.model), path)
+        load_classifier_weights(unwrap_model(self.model), path)
 
 
 def mean_image_meta(mean_image: torch.Tensor) -> dict:

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import torch
 
+from ..checkpoint import adopt_weight_conventions, restore_run_conventions
 from ..config import get_cfg, validate_cfg
 from ..utils import comm
 from ..utils.errors import ConfigError, UserInputError, user_message
@@ -43,16 +44,13 @@ def setup_cfg(args, adopt_weights: bool = True):
     """Defaults <- config file <- KEY VALUE overrides <- input convention; scaled; validated; frozen.
 
     The input convention (INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, MODEL.RESNETS.STRIDE_IN_1X1) is, with
-    `--resume` and a checkpoint in OUTPUT_DIR, the one the interrupted run used (engine.resume);
-    otherwise the one MODEL.WEIGHTS records (engine.checkpoint.adopt_weight_conventions).
+    `--resume` and a checkpoint in OUTPUT_DIR, the one the interrupted run used; otherwise the one
+    MODEL.WEIGHTS records (checkpoint/conventions.py).
     """
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(list(args.opts))
     if adopt_weights:
-        from .checkpoint import adopt_weight_conventions
-        from .resume import restore_run_conventions
-
         resume = getattr(args, "resume", False) and not getattr(args, "eval_only", False)
         if not (resume and restore_run_conventions(cfg, args.opts)) and cfg.MODEL.WEIGHTS:
             adopt_weight_conventions(cfg, cfg.MODEL.WEIGHTS)

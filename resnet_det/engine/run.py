@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 import os
 
+from ..checkpoint import load_model_weights
 from ..utils import comm
 from ..utils.errors import ConfigError
 from ..utils.events import MetricsWriter
-from .checkpoint import load_model_weights
 from .trainer import flatten_results
 
 logger = logging.getLogger("resnet_det")

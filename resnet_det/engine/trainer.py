@@ -11,11 +11,11 @@ import time
 import torch
 from torch import nn
 
+from ..checkpoint import (META_KEYS, Checkpointer, check_resumed_conventions, load_model_weights,
+                          run_conventions)
 from ..modeling.fast import DeviceMeter, configure_backends
 from ..utils import comm
 from ..utils.events import MetricsWriter, ProgressPrinter
-from .checkpoint import Checkpointer, load_model_weights
-from .resume import check_resumed_conventions, run_conventions
 from .solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger("resnet_det.train")
@@ -101,12 +101,12 @@ class Trainer:
 
     @staticmethod
     def weights_meta(cfg) -> dict:
-        """The input conventions recorded in every checkpoint: what the weights expect (read when they
-        are MODEL.WEIGHTS, see engine.checkpoint) and, under "config", the config values this run
-        trained with (restored by --resume, see engine.resume)."""
-        return {"input_format": cfg.INPUT.FORMAT, "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
-                "pixel_std": list(cfg.MODEL.PIXEL_STD), "stride_in_1x1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
-                "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det", "config": run_conventions(cfg)}
+        """The meta record of every checkpoint (checkpoint/meta.py): what the weights expect (read when
+        they are MODEL.WEIGHTS) and, under "config", the config values this run trained with
+        (restored by --resume, checkpoint/conventions.py)."""
+        used = run_conventions(cfg)
+        return {**{field: used[key] for field, key in META_KEYS.items() if key is not None},
+                "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det", "config": used}
 
     # ---- state ---------------------------------------------------------------------------------
     def resume_or_load(self, resume: bool = True) -> None:

@@ -32,7 +32,7 @@ def build_eager_model(cfg) -> nn.Module:
     exactly, and a per-pixel mean image comes from the checkpoint's meta.
     """
     if model_type_of(cfg) == "detector":
-        from ..engine.checkpoint import load_model_weights
+        from ..checkpoint import load_model_weights
         from ..modeling.detector import build_model
 
         model = build_model(cfg)

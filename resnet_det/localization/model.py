@@ -14,7 +14,6 @@ anchor (per-class regression, PCR). Every class's box is returned too, for the o
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -27,8 +26,6 @@ from ..modeling.backbone import ResNet, resnet_kwargs_from_cfg
 from ..modeling.backbone.build import warn_frozen_random_init
 from ..modeling.fast import to_channels_last
 from ..utils.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 IN_FEATURES = ("res4", "res5")
 
@@ -230,26 +227,3 @@ def build_localizer(cfg) -> Localizer:
                       batch_size_per_image=m.RPN.BATCH_SIZE_PER_IMAGE, positive_fraction=m.RPN.POSITIVE_FRACTION,
                       box_loss_weight=m.LOCALIZER.BOX_LOSS_WEIGHT, test_size=cfg.INPUT.TEST_RESIZE)
     return to_channels_last(model) if m.CHANNELS_LAST else model
-
-
-def load_localizer_weights(model: Localizer, path: str) -> dict:
-    """MODEL.WEIGHTS into a Localizer; returns the load report (loaded / reinitialized / missing / unused).
-
-    A Localizer checkpoint (keys ``net.*``, ``head.*``) loads into the whole model. Anything else is taken
-    as classification weights and loaded into ``model.net`` explicitly, by
-    ``engine.checkpoint.load_model_weights``: wrapper prefixes (``module.``, ``net.``, ``model.``) are
-    stripped there, detectron2/MSRA names are converted to torchvision's, and an ``fc`` of another class
-    count keeps its fresh initialisation (reported as reinitialized). The head is always "missing" then.
-    """
-    from ..engine.checkpoint import _unwrap, load_model_weights, read_weights
-
-    model = _unwrap(model)
-    sd, _ = read_weights(path)
-    if any(k.startswith("head.") for k in sd):
-        return load_model_weights(model, path)
-    report = load_model_weights(model.net, path)
-    report = {k: [f"net.{x}" if k != "unused" else x for x in v] for k, v in report.items()}
-    report["missing"] += [f"head.{k}" for k in model.head.state_dict()]
-    logger.info("Localizer: backbone and fc from %s; the per-class head (%d tensors) starts from its "
-                "initialisation", path, len(model.head.state_dict()))
-    return report

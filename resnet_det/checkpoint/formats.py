@@ -1,12 +1,12 @@
-"""Reading and writing ResNet weights: torch .pth files, detectron2 / MSRA pickles, and their metadata.
+"""Reading and writing weights files: torch .pth files, detectron2 / MSRA pickles, their meta record.
 
 Formats read:
   .pth/.pt  torch.save of a state dict, or of {"model": sd, "meta": {...}} / {"state_dict": sd}
   .pkl      detectron2's {"model": {name: ndarray}, "__author__": ..., "matching_heuristics": ...},
             MSRA/Caffe2's {"blobs": {name: ndarray}} (R-50.pkl, R-101.pkl), or a flat {name: ndarray}
-Formats written: resnet_det's {"model": sd, "meta": meta} (torch.save) and detectron2's pickle.
-
-Weights only make sense with the input they were trained on; the "meta" record says which.
+Formats written (atomically): resnet_det's {"model": sd, "meta": meta} (torch.save), detectron2's
+pickle and MSRA's. Pickles are read without running code (numpy arrays only) unless trusted; torch
+files with torch.load(weights_only=True).
 """
 from __future__ import annotations
 
@@ -19,69 +19,17 @@ import torch
 
 from ..utils.errors import MissingFileError, WeightsError
 from ..utils.io import atomic_save, atomic_write
-from .key_map import CONVENTIONS, ConversionReport, convert_state_dict, detect_convention
-from .layouts import detect_layout, split_detector
+from .key_map import ConversionReport, convert_state_dict
+from .layouts import detect_convention, detect_layout, split_detector
+from .meta import check_meta, default_meta
 
 logger = logging.getLogger(__name__)
 
-META_KEYS = ("input_format", "pixel_mean", "pixel_std", "stride_in_1x1", "norm", "source")
-_TV_META = {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
-            "pixel_std": [58.395, 57.12, 57.375], "stride_in_1x1": False, "norm": "BN"}
-# MSRA's Caffe2 nets: BGR, mean subtraction only, stride in the first 1x1 (as the paper), and BN
-# reduced to scale/bias, so only FrozenBN reproduces them.
-_MSRA_META = {"input_format": "BGR", "pixel_mean": [103.53, 116.28, 123.675],
-              "pixel_std": [1.0, 1.0, 1.0], "stride_in_1x1": True, "norm": "FrozenBN"}
+# Saved from a wrapper: DistributedDataParallel (module.), the Classifier (net.), others' (model.).
+_WRAPPER_PREFIXES = ("module.", "net.", "model.")
 ACCEPTED_FORMATS = (".pth/.pt written by torch.save (a state dict, or {'model': ..., 'meta': ...} / "
                     "{'state_dict': ...}), or .pkl in detectron2's {'model': ...} format, MSRA's "
                     "{'blobs': ...} format (R-50.pkl) or a flat dict of numpy arrays")
-
-
-def default_meta(convention: str) -> dict:
-    """What weights named in `convention` expect when the file records nothing.
-
-    torchvision/resnet_det names: torchvision's ImageNet recipe. msra and detectron2 names: MSRA's
-    (detectron2's ImageNet weights R-50.pkl / R-101.pkl are MSRA's). Files written by
-    tools/convert_weights.py carry the source's record, so this guess is only for foreign files.
-    """
-    if convention in ("torchvision", "resnet_det"):
-        return {**_TV_META, "source": convention}
-    if convention in ("msra", "detectron2"):
-        return {**_MSRA_META, "source": convention}
-    raise ValueError(f"convention={convention!r}: expected one of resnet_det, {', '.join(CONVENTIONS)}")
-
-
-def check_meta(meta: dict, where: str = "meta") -> dict:
-    """`meta` if it is a complete, sensible record; a WeightsError (a ValueError) naming the bad key otherwise."""
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise WeightsError(f"{where}: missing keys {missing}; a record has {', '.join(META_KEYS)} "
-                           "(see resnet_det.checkpoint.default_meta)")
-    if meta["input_format"] not in ("RGB", "BGR"):
-        raise WeightsError(f"{where}: input_format={meta['input_format']!r}: expected 'RGB' or 'BGR'")
-    for key in ("pixel_mean", "pixel_std"):
-        if len(meta[key]) != 3 or not all(isinstance(v, (int, float)) for v in meta[key]):
-            raise WeightsError(f"{where}: {key}={meta[key]!r}: expected 3 numbers (0-255 range)")
-    if not isinstance(meta["stride_in_1x1"], bool):
-        raise WeightsError(f"{where}: stride_in_1x1={meta['stride_in_1x1']!r}: expected true or false")
-    return meta
-
-
-def meta_mismatches(meta: dict, cfg) -> list[str]:
-    """Where `cfg` feeds the weights differently from how they were trained, each with its fix."""
-    found = []
-    src = meta.get("source", "?")
-    if cfg.INPUT.FORMAT != meta["input_format"]:
-        found.append(f"INPUT.FORMAT={cfg.INPUT.FORMAT} but the weights ({src}) expect "
-                     f"{meta['input_format']}: set INPUT.FORMAT {meta['input_format']}")
-    for key, cfg_key in (("pixel_mean", "PIXEL_MEAN"), ("pixel_std", "PIXEL_STD")):
-        if not np.allclose(list(getattr(cfg.MODEL, cfg_key)), meta[key], atol=1e-3):
-            found.append(f"MODEL.{cfg_key}={list(getattr(cfg.MODEL, cfg_key))} but the weights ({src}) "
-                         f"expect {meta[key]}: set MODEL.{cfg_key} \"{meta[key]}\"")
-    if cfg.MODEL.RESNETS.STRIDE_IN_1X1 != meta["stride_in_1x1"] and cfg.MODEL.RESNETS.DEPTH >= 50:
-        found.append(f"MODEL.RESNETS.STRIDE_IN_1X1={cfg.MODEL.RESNETS.STRIDE_IN_1X1} but the weights "
-                     f"({src}) were trained with {meta['stride_in_1x1']}: set MODEL.RESNETS.STRIDE_IN_1X1 "
-                     f"{meta['stride_in_1x1']}")
-    return found
 
 
 def missing_weights_error(path: str) -> MissingFileError:
@@ -145,7 +93,8 @@ def _read_torch(path: str, trusted: bool):
 
 
 def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(state dict of tensors, meta record or None) from any format in ACCEPTED_FORMATS."""
+    """(state dict of tensors, meta record or None) from any format in ACCEPTED_FORMATS; a wrapper's
+    prefix shared by every key (module., net., model.) is removed."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise missing_weights_error(path)
@@ -169,8 +118,9 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torc
     if skipped:
         logger.warning("%s: %d entries are not arrays and were not read: %s", path, len(skipped),
                        ", ".join(map(str, skipped[:10])))
-    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    for prefix in _WRAPPER_PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd, (check_meta(meta, f"{path}: meta") if meta is not None else None)
 
 

@@ -1,12 +1,11 @@
-"""What `--resume` keeps from the run it continues: the input convention that run trained with.
+"""Which input convention a run uses (INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, MODEL.RESNETS.STRIDE_IN_1X1).
 
-A fresh start adopts INPUT.FORMAT, MODEL.PIXEL_MEAN/STD and MODEL.RESNETS.STRIDE_IN_1X1 from
-MODEL.WEIGHTS (engine.checkpoint.adopt_weight_conventions), and every checkpoint records the values
-its run used (meta["config"], written by Trainer.weights_meta). Under `--resume` these are restored
-from the checkpoint to be continued while the config is built (engine.defaults.setup_cfg), so the
-model, the data and OUTPUT_DIR/config.yaml see exactly what the interrupted run saw. A command-line
-override that contradicts the record is refused: feeding other inputs half-way through a schedule
-costs accuracy without any error.
+A fresh start adopts the one MODEL.WEIGHTS records (or its naming implies: meta.default_meta), and
+every checkpoint records the values its run used (meta["config"], written by Trainer.weights_meta).
+Under `--resume` these are restored from the checkpoint to be continued while the config is built
+(engine.defaults.setup_cfg), so the model, the data and OUTPUT_DIR/config.yaml see exactly what the
+interrupted run saw. A command-line override that contradicts the record is refused: feeding other
+inputs half-way through a schedule costs accuracy without any error.
 """
 from __future__ import annotations
 
@@ -14,13 +13,15 @@ import logging
 import os
 
 from ..utils.errors import UserInputError
-from .checkpoint import adopt_weight_conventions, newest_checkpoint, values_differ
+from .checkpointer import newest_checkpoint
+from .layouts import detect_convention
+from .load import read_weights
+from .meta import META_KEYS, default_meta, values_differ
 
 logger = logging.getLogger(__name__)
 
-# Config key -> the name of the same fact in a checkpoint's meta record (checkpoint.META_KEYS).
-CONVENTION_KEYS = {"INPUT.FORMAT": "input_format", "MODEL.PIXEL_MEAN": "pixel_mean",
-                   "MODEL.PIXEL_STD": "pixel_std", "MODEL.RESNETS.STRIDE_IN_1X1": "stride_in_1x1"}
+# Config key -> the name of the same fact in a checkpoint's meta record (meta.META_KEYS).
+CONVENTION_KEYS = {key: field for field, key in META_KEYS.items() if key is not None}
 
 
 def _node(cfg, key: str):
@@ -35,6 +36,30 @@ def _plain(value):
     if isinstance(value, (str, bool)):
         return value
     return [float(v) for v in value]
+
+
+def weights_meta(path: str) -> dict:
+    """The input conventions the weights at `path` expect (recorded, or implied by their names)."""
+    sd, meta = read_weights(path)
+    return meta or default_meta(detect_convention(sd))
+
+
+def adopt_weight_conventions(cfg, path: str) -> list[str]:
+    """Set INPUT.FORMAT / PIXEL_MEAN / PIXEL_STD / STRIDE_IN_1X1 to what the weights at `path` expect.
+
+    Mismatched input conventions cost mAP silently in other toolkits; here each change is logged
+    as a warning. Returns the changed keys. cfg must be mutable.
+    """
+    meta = weights_meta(path)
+    changed = []
+    for key, field in CONVENTION_KEYS.items():
+        node, leaf = _node(cfg, key)
+        if field in meta and values_differ(node[leaf], meta[field]):
+            logger.warning("MODEL.WEIGHTS %s expects %s=%s (config has %s); adopting the weights' value",
+                           path, key, meta[field], node[leaf])
+            node[leaf] = _plain(meta[field])
+            changed.append(key)
+    return changed
 
 
 def run_conventions(cfg) -> dict:
