@@ -130,3 +130,23 @@ def test_detectron2_detector_pickle_brings_its_input_convention(tmp_path):
     changed = adopt_weight_conventions(cfg, str(path))
     assert set(changed) == {"INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.RESNETS.STRIDE_IN_1X1"}
     assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_STD), cfg.MODEL.RESNETS.STRIDE_IN_1X1) == ("BGR", [1.0] * 3, True)
+
+
+def test_classifier_weights_go_through_the_same_loader_and_policy(tmp_path):
+    """The pretraining classifier loads through load_model_weights too: any naming in the key table
+    (detectron2's here), and a file that leaves ResNet tensors missing is refused, not half-loaded."""
+    from resnet_det.checkpoint import convert_state_dict
+    from resnet_det.classification import Classifier, load_classifier_weights
+    from resnet_det.modeling import ResNet
+
+    tv = torchvision.models.resnet18(num_classes=10)
+    d2, _ = convert_state_dict(tv.state_dict(), "torchvision", "detectron2")
+    model = Classifier(ResNet(18, num_classes=10), [0.0] * 3, [1.0] * 3)
+    report = load_classifier_weights(model, save(d2, tmp_path / "r18_d2.pth"))
+    assert report["missing"] == report["unused"] == report["reinitialized"] == []
+    for k, v in tv.state_dict().items():
+        assert torch.equal(model.net.state_dict()[k], v), k
+    no_res4 = {k: v for k, v in tv.state_dict().items() if not k.startswith("layer3.")}
+    with pytest.raises(WeightsError, match=r"r18_no_res4.pth .*missing.*net.layer3"):
+        load_classifier_weights(Classifier(ResNet(18, num_classes=10), [0.0] * 3, [1.0] * 3),
+                                save(no_res4, tmp_path / "r18_no_res4.pth"))
