@@ -19,7 +19,8 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
-from resnet_det.modeling.fast import compile_backbone, fold_frozen_bn, to_channels_last
+from resnet_det.modeling.fusion import fuse_conv_bn_relu
+from resnet_det.modeling.speed import compile_backbone, to_channels_last
 from resnet_det.utils.benchmark import pretrained_like_norms, synchronize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +93,7 @@ def gpu_impl(kind: str = "FPN", training: bool = True) -> str:
 
 def speed_up(model, flags: dict):
     if flags["fold"]:
-        fold_frozen_bn(model)
+        fuse_conv_bn_relu(model)
     if flags["cl"]:
         model = to_channels_last(model)
     if flags["compile"]:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.onnx.operators import shape_as_tensor
 
 from ..modeling.backbone import build_resnet
-from ..modeling.fast import to_channels_last
+from ..modeling.speed import to_channels_last
 from ..utils.errors import ConfigError, WeightsError
 
 logger = logging.getLogger(__name__)

@@ -11,10 +11,11 @@ import time
 import torch
 from torch import nn
 
-from ..modeling.fast import DeviceMeter, configure_backends
 from ..utils import comm
 from ..utils.events import MetricsWriter, ProgressPrinter
 from .checkpoint import Checkpointer, load_model_weights
+from .defaults import configure_backends
+from .meter import DeviceMeter
 from .resume import check_resumed_conventions, run_conventions
 from .solver import build_lr_scheduler, build_optimizer
 
@@ -51,7 +52,7 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.device = resolve_device(cfg)
-        configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (resnet_det/modeling/fast.py)
+        configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (also for a Trainer built without the tools)
         model = self.build_model(cfg).to(self.device)  # builders apply MODEL.CHANNELS_LAST themselves
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)

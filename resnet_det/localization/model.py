@@ -25,7 +25,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 
 from ..modeling.backbone import ResNet, build_resnet
 from ..modeling.backbone.build import warn_frozen_random_init
-from ..modeling.fast import to_channels_last
+from ..modeling.speed import to_channels_last
 from ..utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)

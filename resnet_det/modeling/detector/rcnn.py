@@ -18,7 +18,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 
 from ..backbone import build_backbone, resnet_kwargs_from_cfg
 from ..backbone.build import warn_frozen_random_init
-from ..fast import apply_fast_path
+from ..speed import apply_fast_path
 from .detectron2_style import (Detectron2RoIHeads, Detectron2RPN, StridedAnchorGenerator,
                                detectron2_resized_size, drop_empty_in_original)
 from .heads import FastRCNNPredictor, build_box_head, build_box_pooler
