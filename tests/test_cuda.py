@@ -115,8 +115,8 @@ def detector_cfg(kind: str, device: str, shipped: bool):
         "MODEL.ROI_HEADS.NUM_CLASSES", 3, "INPUT.MIN_SIZE_TEST", 96 if cpu else 192,
         "INPUT.MAX_SIZE_TEST", 128 if cpu else 256,
         "MODEL.RPN.PRE_NMS_TOPK_TEST", 100000, "MODEL.RPN.POST_NMS_TOPK_TEST", 40 if cpu else 100000,
-        "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 10000, "MODEL.FUSE_FROZEN_BN", shipped,
-        "MODEL.CHANNELS_LAST", shipped, "MODEL.FAST_ROI_ALIGN", shipped])
+        "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 10000, "MODEL.FUSE_CONV_BN_RELU", shipped,
+        "MODEL.CHANNELS_LAST", shipped, "MODEL.ROI_BOX_HEAD.POOLER_IMPL", "gather" if shipped else "torchvision"])
     if kind == "FPN":
         cfg.merge_from_list(["MODEL.FPN.OUT_CHANNELS", 64, "MODEL.ROI_BOX_HEAD.FC_DIM", 128])
     return cfg

@@ -244,9 +244,9 @@ def batch():
 @pytest.mark.parametrize("base,head", [("Base-RCNN-FPN.yaml", None), ("Base-RCNN-C4.yaml", "res5")])
 def test_detector_switches_equal_outputs_and_losses(base, head):
     models = {}
-    for name, opts in {"plain": ["MODEL.FUSE_FROZEN_BN", False, "MODEL.FAST_ROI_ALIGN", False],
-                       "fast": ["MODEL.FUSE_FROZEN_BN", True, "MODEL.CHANNELS_LAST", True,
-                                "MODEL.FAST_ROI_ALIGN", True]}.items():
+    for name, opts in {"plain": ["MODEL.FUSE_CONV_BN_RELU", False, "MODEL.ROI_BOX_HEAD.POOLER_IMPL", "torchvision"],
+                       "fast": ["MODEL.FUSE_CONV_BN_RELU", True, "MODEL.CHANNELS_LAST", True,
+                                "MODEL.ROI_BOX_HEAD.POOLER_IMPL", "gather"]}.items():
         torch.manual_seed(0)
         models[name] = build_model(detector_cfg(base, *opts))
     plain, fast = models["plain"], models["fast"]
@@ -289,7 +289,7 @@ def test_compile_switch_runs_and_keeps_outputs(monkeypatch):
     real = speed.compile_backbone
     monkeypatch.setattr(speed, "compile_backbone", lambda m, **kw: real(m, backend=aot_eager_counting))
     torch._dynamo.reset()
-    plain = pretrained_like_norms(build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_FROZEN_BN", False)))
+    plain = pretrained_like_norms(build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_CONV_BN_RELU", False)))
     compiled = build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.COMPILE", True))
     compiled.load_state_dict(plain.state_dict())
     with torch.no_grad():
@@ -307,11 +307,11 @@ def test_compile_switch_runs_and_keeps_outputs(monkeypatch):
 
 
 def test_apply_fast_path_switches_and_compile_keeps_keys():
-    cfg = detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_FROZEN_BN", False)
+    cfg = detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_CONV_BN_RELU", False)
     model = build_model(cfg)
     keys = list(model.state_dict())
     cfg.defrost()
-    cfg.MODEL.FUSE_FROZEN_BN, cfg.MODEL.CHANNELS_LAST, cfg.MODEL.COMPILE = True, True, True
+    cfg.MODEL.FUSE_CONV_BN_RELU, cfg.MODEL.CHANNELS_LAST, cfg.MODEL.COMPILE = True, True, True
     model = apply_fast_path(model, cfg)  # compiles lazily: nothing runs here
     assert list(model.state_dict()) == keys
     assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""BN folding (MODEL.FUSE_FROZEN_BN, on by default) never changes a model's function: not for a
+"""BN folding (MODEL.FUSE_CONV_BN_RELU, on by default) never changes a model's function: not for a
 user backbone laid out differently from ours, not after weight edits the version counters miss, not
 after the model's norms are replaced. The oracle is always the same model without folding."""
 import os
@@ -76,7 +76,7 @@ def preact_detector(fuse: bool):
                          "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
                          "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 7,
                          "MODEL.ROI_BOX_HEAD.FC_DIM", 64, "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 128,
-                         "MODEL.RPN.POST_NMS_TOPK_TEST", 32, "MODEL.FUSE_FROZEN_BN", fuse])
+                         "MODEL.RPN.POST_NMS_TOPK_TEST", 32, "MODEL.FUSE_CONV_BN_RELU", fuse])
     torch.manual_seed(0)
     model = build_model(cfg)
     pretrained_like_norms(model)

@@ -46,12 +46,12 @@ def compile_backbone(model: nn.Module, **compile_kwargs) -> nn.Module:
 
 
 def apply_fast_path(model: nn.Module, cfg) -> nn.Module:
-    """Apply the speed switches the config asks for: MODEL.FUSE_FROZEN_BN, MODEL.CHANNELS_LAST,
+    """Apply the speed switches the config asks for: MODEL.FUSE_CONV_BN_RELU, MODEL.CHANNELS_LAST,
     MODEL.COMPILE. Call it after building the model; moving it to a device afterwards keeps all of them.
     """
-    if cfg.MODEL.FUSE_FROZEN_BN:
+    if cfg.MODEL.FUSE_CONV_BN_RELU:
         n = fuse_conv_bn_relu(model)
-        logger.info("Folded %d FrozenBN/BN layers into their convs (MODEL.FUSE_FROZEN_BN)", n)
+        logger.info("Folded %d FrozenBN/BN layers into their convs (MODEL.FUSE_CONV_BN_RELU)", n)
     if cfg.MODEL.CHANNELS_LAST:
         model = to_channels_last(model)
     if cfg.MODEL.COMPILE:

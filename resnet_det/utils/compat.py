@@ -53,7 +53,7 @@ def _problem() -> str | None:
 
 def private_internals_ok() -> bool:
     """Whether the fast paths may call the private internals above; decided once per process. Where
-    not, the fused blocks run unfused and MODEL.FAST_ROI_ALIGN uses torchvision's MultiScaleRoIAlign."""
+    not, the fused blocks run unfused and POOLER_IMPL "gather" uses torchvision's MultiScaleRoIAlign."""
     global _verdict
     if _verdict is None:
         problem = _problem()

@@ -136,7 +136,7 @@ def build_box_pooler(cfg, shapes: dict[str, ShapeSpec]) -> nn.Module:
         return ROIPool(names[0], head.POOLER_RESOLUTION, shapes[names[0]].stride)
     aligned = head.POOLER_TYPE == "ROIAlignV2"  # detectron2's name for RoIAlign with aligned=True
     detectron2_levels = head.POOLER_LEVEL_MAPPING == "detectron2"
-    gather = cfg.MODEL.FAST_ROI_ALIGN and private_internals_ok()
+    gather = head.POOLER_IMPL == "gather" and private_internals_ok()
     if not (gather or aligned or detectron2_levels):
         return MultiScaleRoIAlign(featmap_names=names, output_size=head.POOLER_RESOLUTION,
                                   sampling_ratio=head.POOLER_SAMPLING_RATIO)

@@ -172,7 +172,7 @@ def build_model(cfg) -> FasterRCNN:
     model = FasterRCNN(backbone, rpn, roi_heads, ResizeNormalize(cfg, backbone.size_divisibility),
                        cfg.INPUT.FORMAT, rpn_names, h.IN_FEATURES, drop_empty=d2_boxes)
     logger.info("Parameters per stage (trainable / frozen):\n%s", parameter_table(model))
-    # MODEL.FUSE_FROZEN_BN / CHANNELS_LAST / COMPILE: same outputs within float tolerance, faster.
+    # MODEL.FUSE_CONV_BN_RELU / CHANNELS_LAST / COMPILE: same outputs within float tolerance, faster.
     return apply_fast_path(model, cfg)
 
 
