@@ -21,15 +21,9 @@ KEYS = {"DEPTH": 18, "NORM": "BN", "SHORTCUT": "C", "PLAIN": False, "ZERO_INIT_R
 
 def ours(**extra):
     cfg = get_cfg()
-    for k, v in KEYS.items():
-        cfg.MODEL.RESNETS[k] = v
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 5
-    for k, v in extra.items():
-        node, leaf = cfg, k.split(".")
-        for part in leaf[:-1]:
-            node = node[part]
-        node[leaf[-1]] = v
+    cfg.MODEL.RESNETS.merge_from_other_cfg(CN(KEYS))
+    cfg.merge_from_list(["MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.CLASSIFIER.NUM_CLASSES", 5,
+                         *(x for kv in extra.items() for x in kv)])
     return cfg
 
 
