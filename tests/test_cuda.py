@@ -23,7 +23,8 @@ from resnet_det.data import build_detection_train_loader, register_all_builtins
 from resnet_det.engine import Trainer
 from resnet_det.engine.launch import launch
 from resnet_det.export import export_model, generated_image
-from resnet_det.modeling import fast
+from resnet_det.modeling import fusion
+from resnet_det.modeling.speed import to_channels_last
 from resnet_det.modeling.backbone.resnet import ResNet
 from resnet_det.modeling.detector import build_model, inputs_to_device
 from resnet_det.modeling.detector import pooling
@@ -72,7 +73,7 @@ def fast_path_calls(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(fast, "_conv_relu", counting("fused", fast._conv_relu))
+    monkeypatch.setattr(fusion, "_conv_relu", counting("fused", fusion._conv_relu))
     monkeypatch.setattr(pooling, "roi_align_gather", counting("gather", pooling.roi_align_gather))
     return calls
 
@@ -89,8 +90,8 @@ def test_backbone_fast_path_on_device_equals_torchvision_on_cpu(device, strict_f
     tv = pretrained_like_norms(getattr(torchvision.models, f"resnet{depth}")(norm_layer=FrozenBatchNorm2d)).eval()
     ours = ResNet(depth, norm="FrozenBN")
     ours.load_state_dict(tv.state_dict())
-    fast.fold_frozen_bn(ours)
-    ours = fast.to_channels_last(ours).to(device).eval()
+    fusion.fuse_conv_bn_relu(ours)
+    ours = to_channels_last(ours).to(device).eval()
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ref = tv(x)
@@ -114,8 +115,8 @@ def detector_cfg(kind: str, device: str, shipped: bool):
         "MODEL.ROI_HEADS.NUM_CLASSES", 3, "INPUT.MIN_SIZE_TEST", 96 if cpu else 192,
         "INPUT.MAX_SIZE_TEST", 128 if cpu else 256,
         "MODEL.RPN.PRE_NMS_TOPK_TEST", 100000, "MODEL.RPN.POST_NMS_TOPK_TEST", 40 if cpu else 100000,
-        "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 10000, "MODEL.FUSE_FROZEN_BN", shipped,
-        "MODEL.CHANNELS_LAST", shipped, "MODEL.FAST_ROI_ALIGN", shipped])
+        "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 10000, "MODEL.FUSE_CONV_BN_RELU", shipped,
+        "MODEL.CHANNELS_LAST", shipped, "MODEL.ROI_BOX_HEAD.POOLER_IMPL", "gather" if shipped else "torchvision"])
     if kind == "FPN":
         cfg.merge_from_list(["MODEL.FPN.OUT_CHANNELS", 64, "MODEL.ROI_BOX_HEAD.FC_DIM", 128])
     return cfg

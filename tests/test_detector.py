@@ -229,3 +229,19 @@ def test_every_depth_builds_c4_and_fpn_with_matching_res5_head(depth):
     assert head[0].conv1.in_channels == body.output_shape()["res4"].channels
     fpn = build_model(make_cfg("Base-RCNN-FPN.yaml", "MODEL.RESNETS.DEPTH", depth, "MODEL.ROI_HEADS.NUM_CLASSES", 3))
     assert set(fpn.backbone.output_shape()) == {"p2", "p3", "p4", "p5", "p6"}
+
+
+def test_other_architectures_are_pointed_to_builders_that_exist():
+    """build_model refuses a classifier/localizer config and names the builders to use: they must exist."""
+    import importlib
+    import re
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "Classifier"
+    with pytest.raises(ValueError, match="MODEL.META_ARCHITECTURE='Classifier'") as info:
+        build_model(cfg)
+    named = re.findall(r"resnet_det(?:\.\w+)+", str(info.value))
+    assert named
+    for path in named:
+        module, name = path.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), name, None)), f"{path} does not exist"

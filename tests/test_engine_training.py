@@ -187,3 +187,27 @@ def test_sigterm_writes_checkpoint_and_resume_finishes(shapes_root, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Resumed from" in res.stdout and f"at iteration {it}" in res.stdout
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
+
+
+def test_cudnn_benchmark_follows_the_config_in_every_tool(tmp_path, monkeypatch):
+    """default_setup (what every tool runs, --eval-only included) sets cudnn.benchmark from CUDNN_BENCHMARK,
+    as the Trainer does, instead of switching it on wherever CUDA is."""
+    import argparse
+    import logging
+
+    from resnet_det.config import get_cfg
+    from resnet_det.engine.defaults import default_setup
+
+    logger = logging.getLogger("resnet_det")
+    saved = list(logger.handlers), logger.propagate, logger.level
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # restored afterwards
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR, cfg.CUDNN_BENCHMARK = str(tmp_path), False
+    try:
+        default_setup(cfg, argparse.Namespace())
+        assert torch.backends.cudnn.benchmark is False
+    finally:  # default_setup configures the resnet_det logger for a tool; give the test session its own back
+        for h in logger.handlers:
+            h.close()
+        logger.handlers[:], logger.propagate, logger.level = saved

@@ -76,7 +76,7 @@ def test_detector_round_trip(tmp_path, kind, fmt):
     eager = ModelPredictor(model, cfg.INPUT.FORMAT, ["a", "b", "c"])(image)
     exported = ExportedModel(path).predict(image)
     # TorchScript runs the same kernels except RoIAlign: eager pools with the gather RoIAlign
-    # (MODEL.FAST_ROI_ALIGN), the trace records torchvision's op; they agree to float rounding.
+    # (MODEL.ROI_BOX_HEAD.POOLER_IMPL "gather"), the trace records torchvision's op; they agree to float rounding.
     tight = fmt == "torchscript"
     assert_same_detections(eager, exported, 1e-3 if tight else 1e-2, 1e-6 if tight else 1e-4)
     assert exported["boxes"].dtype == np.float32 and exported["classes"].dtype == np.int64

@@ -1,4 +1,4 @@
-"""BN folding (MODEL.FUSE_FROZEN_BN, on by default) never changes a model's function: not for a
+"""BN folding (MODEL.FUSE_CONV_BN_RELU, on by default) never changes a model's function: not for a
 user backbone laid out differently from ours, not after weight edits the version counters miss, not
 after the model's norms are replaced. The oracle is always the same model without folding."""
 import os
@@ -12,7 +12,8 @@ from resnet_det.modeling.backbone import BACKBONE_REGISTRY
 from resnet_det.modeling.backbone.backbone import Backbone, ShapeSpec
 from resnet_det.modeling.backbone.resnet import ResNet
 from resnet_det.modeling.detector import build_model
-from resnet_det.modeling.fast import FoldedConv2d, fold_frozen_bn, to_channels_last
+from resnet_det.modeling.fusion import FoldedConv2d, fuse_conv_bn_relu
+from resnet_det.modeling.speed import to_channels_last
 from resnet_det.utils.benchmark import pretrained_like_norms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +76,7 @@ def preact_detector(fuse: bool):
                          "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
                          "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 7,
                          "MODEL.ROI_BOX_HEAD.FC_DIM", 64, "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 128,
-                         "MODEL.RPN.POST_NMS_TOPK_TEST", 32, "MODEL.FUSE_FROZEN_BN", fuse])
+                         "MODEL.RPN.POST_NMS_TOPK_TEST", 32, "MODEL.FUSE_CONV_BN_RELU", fuse])
     torch.manual_seed(0)
     model = build_model(cfg)
     pretrained_like_norms(model)
@@ -109,8 +110,8 @@ def test_only_known_layouts_fold():
             return self.bn1(t) + self.conv1(t)
 
     user = nn.Sequential(Renamed(), nn.Conv2d(4, 4, 1), FrozenBatchNorm2d(4))
-    assert fold_frozen_bn(user) == 0
-    assert fold_frozen_bn(net(18)) == 20  # ours: stem + 8 blocks x 2 + 3 projection shortcuts
+    assert fuse_conv_bn_relu(user) == 0
+    assert fuse_conv_bn_relu(net(18)) == 20  # ours: stem + 8 blocks x 2 + 3 projection shortcuts
 
 
 # ---- the fold cache sees edits that bypass the version counters ----------------------------------
@@ -119,7 +120,7 @@ def test_fold_cache_sees_edits_through_data():
         fast, plain = net(18, norm="BN").eval(), net(18, norm="BN").eval()
         if fused_blocks:  # the oneDNN path caches packed weights too
             fast, plain = to_channels_last(fast), to_channels_last(plain)
-        fold_frozen_bn(fast)
+        fuse_conv_bn_relu(fast)
         inp = nhwc(x()) if fused_blocks else x()
         with torch.no_grad():
             torch.testing.assert_close(fast(inp), plain(inp), rtol=1e-4, atol=1e-4)  # fills the caches
@@ -139,7 +140,7 @@ def test_fold_cache_sees_edits_through_data():
 # ---- replacing a folded pair's modules must not apply a norm twice (or drop one) -----------------
 def test_convert_sync_batchnorm_after_folding():
     fast, plain = net(18, norm="BN").eval(), net(18, norm="BN").eval()
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     with torch.no_grad():
         fast(x())  # a cached fold exists
         fast = nn.SyncBatchNorm.convert_sync_batchnorm(fast).eval()
@@ -153,7 +154,7 @@ def test_freezing_after_folding():
         fast, plain = net(18, norm="BN").eval(), net(18, norm="BN").eval()
         if fused_blocks:
             fast, plain = to_channels_last(fast), to_channels_last(plain)
-        fold_frozen_bn(fast)
+        fuse_conv_bn_relu(fast)
         inp = nhwc(x()) if fused_blocks else x()
         with torch.no_grad():
             fast(inp)
@@ -165,13 +166,13 @@ def test_freezing_after_folding():
             torch.testing.assert_close(fast.train()(inp), plain.train()(inp), rtol=1e-4, atol=1e-4)
             fast.eval(), plain.eval()
             # Folding again picks up the new pairs, with the same function.
-            assert fold_frozen_bn(fast) == 1 + 4 + 5  # stem, res2's 2 x 2 convs, res3's 2 x 2 + projection
+            assert fuse_conv_bn_relu(fast) == 1 + 4 + 5  # stem, res2's 2 x 2 convs, res3's 2 x 2 + projection
             torch.testing.assert_close(fast(inp), plain(inp), rtol=1e-4, atol=1e-4)
 
 
 def test_replacing_a_folded_conv_keeps_its_norm():
     fast, plain = net(18).eval(), net(18).eval()
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     with torch.no_grad():
         fast(x())
         for m in (fast, plain):  # e.g. a user swaps in a new conv with the same weights

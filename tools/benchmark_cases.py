@@ -1,8 +1,8 @@
 """What tools/benchmark.py times: implementations by name, and one builder per section.
 
 An implementation name is a base, "torchvision" or "ours", plus modifiers joined by "+":
-`fold` (FrozenBN folded into convs, MODEL.FUSE_FROZEN_BN), `cl` (channels_last, MODEL.CHANNELS_LAST),
-`roi` (gather RoIAlign, MODEL.FAST_ROI_ALIGN; CPU only, torchvision's kernel on GPU), `fast` (= fold, cl
+`fold` (FrozenBN folded into convs and fused blocks, MODEL.FUSE_CONV_BN_RELU), `cl` (channels_last, MODEL.CHANNELS_LAST),
+`roi` (gather RoIAlign, MODEL.ROI_BOX_HEAD.POOLER_IMPL "gather"; CPU only, torchvision's kernel on GPU), `fast` (= fold, cl
 and roi), `bf16` / `fp16` (autocast), `nocudnn` (cudnn.benchmark off; on by default), `compile`
 (torch.compile of the backbone). "ours+fast+bf16" is what the shipped GPU configs would run with AMP on.
 A builder takes a spec (impl, sizes, device) and returns the step to time; `step.check()` returns
@@ -19,7 +19,8 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
-from resnet_det.modeling.fast import compile_backbone, fold_frozen_bn, to_channels_last
+from resnet_det.modeling.fusion import fuse_conv_bn_relu
+from resnet_det.modeling.speed import compile_backbone, to_channels_last
 from resnet_det.utils.benchmark import pretrained_like_norms, synchronize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,14 +86,19 @@ def gpu_impl(kind: str = "FPN", training: bool = True) -> str:
     cfg.merge_from_file(os.path.join(REPO, GPU_CONFIGS[kind]))
     m, amp = cfg.MODEL, cfg.SOLVER.AMP
     use_amp = training and amp.ENABLED
-    return impl_name(dict(base="ours", fold=m.FUSE_FROZEN_BN, cl=m.CHANNELS_LAST, roi=m.FAST_ROI_ALIGN,
+    return impl_name(dict(base="ours", fold=m.FUSE_CONV_BN_RELU, cl=m.CHANNELS_LAST, roi=m.ROI_BOX_HEAD.POOLER_IMPL == "gather",
                           amp={"bfloat16": "bf16", "float16": "fp16"}[amp.DTYPE] if use_amp else None,
                           cudnn=bool(cfg.CUDNN_BENCHMARK), compile=m.COMPILE))
 
 
+def pooler_impl(flags: dict) -> str:
+    """MODEL.ROI_BOX_HEAD.POOLER_IMPL of an implementation's `roi` flag."""
+    return "gather" if flags["roi"] else "torchvision"
+
+
 def speed_up(model, flags: dict):
     if flags["fold"]:
-        fold_frozen_bn(model)
+        fuse_conv_bn_relu(model)
     if flags["cl"]:
         model = to_channels_last(model)
     if flags["compile"]:
@@ -217,8 +223,8 @@ def build_detector(spec) -> Callable:
         else:
             (train_n, test_n), r = spec["proposals"], "MODEL.RPN."
             model = build_model(detector_cfg(
-                spec, "Base-RCNN-FPN.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", 90, "MODEL.FUSE_FROZEN_BN", False,
-                "MODEL.CHANNELS_LAST", False, "MODEL.FAST_ROI_ALIGN", flags["roi"],
+                spec, "Base-RCNN-FPN.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", 90, "MODEL.FUSE_CONV_BN_RELU", False,
+                "MODEL.CHANNELS_LAST", False, "MODEL.ROI_BOX_HEAD.POOLER_IMPL", pooler_impl(flags),
                 r + "PRE_NMS_TOPK_TRAIN", train_n, r + "POST_NMS_TOPK_TRAIN", train_n, r + "PRE_NMS_TOPK_TEST",
                 test_n, r + "POST_NMS_TOPK_TEST", test_n, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", spec["rois"]))
             model.load_state_dict(tv.state_dict(), strict=True)
@@ -226,8 +232,8 @@ def build_detector(spec) -> Callable:
     else:  # our C4 (Appendix A), no torchvision counterpart
         torch.manual_seed(0)
         model = build_model(detector_cfg(
-            spec, "Base-RCNN-C4.yaml", "MODEL.RESNETS.DEPTH", spec["c4_depth"], "MODEL.FUSE_FROZEN_BN", False,
-            "MODEL.CHANNELS_LAST", False, "MODEL.FAST_ROI_ALIGN", flags["roi"],
+            spec, "Base-RCNN-C4.yaml", "MODEL.RESNETS.DEPTH", spec["c4_depth"], "MODEL.FUSE_CONV_BN_RELU", False,
+            "MODEL.CHANNELS_LAST", False, "MODEL.ROI_BOX_HEAD.POOLER_IMPL", pooler_impl(flags),
             "MODEL.RPN.POST_NMS_TOPK_TEST", spec["c4_proposals"], "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
             spec["c4_rois"]))
         pretrained_like_norms(model)
@@ -321,7 +327,7 @@ def build_demo_train(spec) -> Callable:
     flags = impl_flags(spec["impl"])
     cfg = data_cfg(spec)
     cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.MODEL.FAST_ROI_ALIGN = flags["roi"]
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_IMPL = pooler_impl(flags)
     loader = iter(build_detection_train_loader(cfg))
     batches = [next(loader) for _ in range(4)]
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ from torch import nn
 from torch.onnx.operators import shape_as_tensor
 
 from ..checkpoint import load_model_weights, read_weights
-from ..modeling.backbone import CifarResNet, ResNet
-from ..modeling.fast import to_channels_last
+from ..modeling.backbone import build_resnet
+from ..modeling.speed import to_channels_last
 from ..utils.errors import ConfigError
 
 
@@ -94,22 +94,15 @@ def resize_shorter_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def build_net(cfg) -> nn.Module:
-    """ResNet (MODEL.CLASSIFIER.STYLE "imagenet", Table 1) or CifarResNet ("cifar", Sec. 4.2)."""
+    """ResNet (MODEL.CLASSIFIER.STYLE "imagenet", Table 1) or CifarResNet ("cifar", Sec. 4.2), from the
+    one config translation (modeling.backbone.build_resnet)."""
     r, c = cfg.MODEL.RESNETS, cfg.MODEL.CLASSIFIER
     if r.NORM == "FrozenBN":
         raise ConfigError("MODEL.RESNETS.NORM=FrozenBN cannot be trained from scratch: classification "
                           "pretraining learns the BN statistics; set MODEL.RESNETS.NORM BN (or SyncBN)")
     if c.NUM_CLASSES < 2:
         raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={c.NUM_CLASSES}: expected at least 2")
-    if c.STYLE == "cifar":
-        return CifarResNet(c.CIFAR_DEPTH, num_classes=c.NUM_CLASSES, shortcut=r.SHORTCUT, plain=r.PLAIN,
-                           norm=r.NORM, zero_init_residual=r.ZERO_INIT_RESIDUAL)
-    if c.STYLE != "imagenet":
-        raise ConfigError(f"MODEL.CLASSIFIER.STYLE={c.STYLE!r}: expected imagenet or cifar")
-    return ResNet(r.DEPTH, num_classes=c.NUM_CLASSES, norm=r.NORM, stride_in_1x1=r.STRIDE_IN_1X1,
-                  shortcut=r.SHORTCUT, plain=r.PLAIN, zero_init_residual=r.ZERO_INIT_RESIDUAL,
-                  num_groups=r.NUM_GROUPS, width_per_group=r.WIDTH_PER_GROUP,
-                  stem_out_channels=r.STEM_OUT_CHANNELS, res2_out_channels=r.RES2_OUT_CHANNELS)
+    return build_resnet(cfg, classifier=True)
 
 
 def build_classifier(cfg, mean_image=None) -> Classifier:

@@ -23,14 +23,12 @@ _C.MODEL.PIXEL_STD = [57.375, 57.12, 58.395]
 _C.MODEL.COMPILE = False
 # Store activations as channels_last (NHWC); faster for convolutions on most CPUs and on GPUs.
 _C.MODEL.CHANNELS_LAST = False
-# Fold each FrozenBN (and eval-mode BN) into the conv before it: conv(x, W * s) + b, the same function
-# in one pass instead of three; gradients still reach W. State_dict keys are unchanged. See
-# resnet_det/modeling/fast.py and benchmarks/RESULTS.md.
-_C.MODEL.FUSE_FROZEN_BN = True
-# RoIAlign on CPU as one weighted gather of channel vectors (embedding_bag): torchvision's
-# MultiScaleRoIAlign within float rounding, several times faster forward and backward. No effect on
-# GPU. See resnet_det/modeling/detector/pooling.py.
-_C.MODEL.FAST_ROI_ALIGN = True
+# Fold each FrozenBN (and eval-mode BN) into the conv before it, conv(x, W * s) + b: the same function
+# in one pass instead of three, in training too (gradients still reach W). Where no gradient is needed,
+# on a CPU with float32 NHWC activations, each residual block also runs every conv with its ReLU (and
+# the residual addition) as one oneDNN call. State_dict keys are unchanged. Was MODEL.FUSE_FROZEN_BN
+# (still accepted, with a warning). See resnet_det/modeling/fusion.py and benchmarks/RESULTS.md.
+_C.MODEL.FUSE_CONV_BN_RELU = True
 
 _C.MODEL.BACKBONE = CN()
 # Registered builder name: build_resnet_backbone (C4), build_resnet_fpn_backbone, or your own.
@@ -137,6 +135,12 @@ _C.MODEL.ROI_BOX_HEAD.POOLER_LEVEL_MAPPING = "torchvision"
 _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
 # RoIAlign sampling points per bin; 0 = adaptive (torchvision's default is 2, detectron2's 0).
 _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+# How RoIAlign runs. "gather": on CPU, one weighted gather of channel vectors (embedding_bag), equal to
+# torchvision's MultiScaleRoIAlign within float rounding and several times faster forward and backward;
+# torchvision's kernel on GPU, under autocast and in exports. "torchvision": torchvision's
+# MultiScaleRoIAlign everywhere. Was MODEL.FAST_ROI_ALIGN (True = "gather"; still accepted, with a
+# warning). See resnet_det/modeling/detector/pooling.py.
+_C.MODEL.ROI_BOX_HEAD.POOLER_IMPL = "gather"
 _C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
 # False: class-aware regression, 4 numbers per class (Appendix A / C); True: one box for all.

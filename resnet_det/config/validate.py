@@ -12,6 +12,7 @@ _CHOICES = {
     "MODEL.BACKBONE.FREEZE_AT": (0, 1, 2, 3, 4, 5),
     "MODEL.ROI_BOX_HEAD.NAME": ("Res5ROIHead", "FastRCNNConvFCHead"),
     "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlign", "ROIAlignV2", "ROIPool"),
+    "MODEL.ROI_BOX_HEAD.POOLER_IMPL": ("gather", "torchvision"),
     # torchvision's or detectron2's semantics (modeling/detector/detectron2_style.py)
     "MODEL.ROI_BOX_HEAD.POOLER_LEVEL_MAPPING": ("torchvision", "detectron2"),
     "MODEL.ANCHOR_GENERATOR.STYLE": ("torchvision", "detectron2"),

@@ -98,8 +98,14 @@ def default_setup(cfg, args) -> None:
     if rank == 0:
         path = atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
         logger.info("Full config saved to %s", path)
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+    configure_backends(cfg)
+
+
+def configure_backends(cfg) -> None:
+    """Process-wide switches: cudnn.benchmark (CUDNN_BENCHMARK) picks the fastest conv algorithms
+    per input shape on GPU; with many distinct shapes (multi-scale training) the search can cost more
+    than it saves, hence a switch."""
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
 
 USER_ERROR_EXIT = 2  # as argparse: the command was wrong, not the program

@@ -13,9 +13,10 @@ from torch import nn
 
 from ..checkpoint import (META_KEYS, Checkpointer, check_resumed_conventions, load_model_weights,
                           run_conventions)
-from ..modeling.fast import DeviceMeter, configure_backends
 from ..utils import comm
 from ..utils.events import MetricsWriter, ProgressPrinter
+from .defaults import configure_backends
+from .meter import DeviceMeter
 from .solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger("resnet_det.train")
@@ -51,7 +52,7 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.device = resolve_device(cfg)
-        configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (resnet_det/modeling/fast.py)
+        configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (also for a Trainer built without the tools)
         model = self.build_model(cfg).to(self.device)  # builders apply MODEL.CHANNELS_LAST themselves
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)

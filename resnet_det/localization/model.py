@@ -22,9 +22,9 @@ from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from ..modeling.backbone import ResNet, resnet_kwargs_from_cfg
+from ..modeling.backbone import ResNet, build_resnet
 from ..modeling.backbone.build import warn_frozen_random_init
-from ..modeling.fast import to_channels_last
+from ..modeling.speed import to_channels_last
 from ..utils.errors import ConfigError
 
 IN_FEATURES = ("res4", "res5")
@@ -219,7 +219,7 @@ def build_localizer(cfg) -> Localizer:
     if k < 1:
         raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={k}: expected at least 1")
     warn_frozen_random_init(cfg)
-    net = ResNet(num_classes=k, out_features=list(dict.fromkeys([feat, "res5"])), **resnet_kwargs_from_cfg(cfg))
+    net = build_resnet(cfg, num_classes=k, out_features=list(dict.fromkeys([feat, "res5"])))
     anchors = cell_anchors(sizes[0], ratios[0])
     head = PerClassRPNHead(net._specs[feat].channels, k, len(anchors), m.LOCALIZER.HEAD_CHANNELS)
     model = Localizer(net, head, anchors, in_feature=feat, pixel_mean=list(m.PIXEL_MEAN),

@@ -1,6 +1,6 @@
 """The one gate for private PyTorch/torchvision internals that the fast paths call.
 
-The fused residual blocks (modeling/fast.py) call oneDNN's fused conv, torch.ops.mkldnn._convolution_pointwise
+The fused residual blocks (modeling/fusion.py) call oneDNN's fused conv, torch.ops.mkldnn._convolution_pointwise
 (and its .binary overload), on weights packed by torch._C._nn.mkldnn_reorder_conv2d_weight; both were added
 for inductor in PyTorch 2.0 (pytorch PRs 86581, 86582, 88048, 88988). The gather RoIAlign
 (modeling/detector/pooling.py) calls torchvision.ops.poolers' _filter_input, _setup_scales,
@@ -53,7 +53,7 @@ def _problem() -> str | None:
 
 def private_internals_ok() -> bool:
     """Whether the fast paths may call the private internals above; decided once per process. Where
-    not, the fused blocks run unfused and MODEL.FAST_ROI_ALIGN uses torchvision's MultiScaleRoIAlign."""
+    not, the fused blocks run unfused and POOLER_IMPL "gather" uses torchvision's MultiScaleRoIAlign."""
     global _verdict
     if _verdict is None:
         problem = _problem()

@@ -21,8 +21,8 @@ which the box heads read without a copy (``FCHead`` permutes its fc6 weight inst
 
 It falls back to torchvision's path on GPUs (their kernels are already parallel), for dtypes other than
 float32/float64, under autocast, and under tracing, scripting, ``torch.compile`` and ONNX export (which
-must record torchvision's op). Switch: MODEL.FAST_ROI_ALIGN; off by itself where torchvision's private
-pooler functions are not to be used (``utils.compat.private_internals_ok``).
+must record torchvision's op). Switch: MODEL.ROI_BOX_HEAD.POOLER_IMPL "gather"; off by itself where
+torchvision's private pooler functions are not to be used (``utils.compat.private_internals_ok``).
 """
 from __future__ import annotations
 

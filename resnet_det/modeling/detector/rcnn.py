@@ -18,7 +18,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 
 from ..backbone import build_backbone, resnet_kwargs_from_cfg
 from ..backbone.build import warn_frozen_random_init
-from ..fast import apply_fast_path
+from ..speed import apply_fast_path
 from .detectron2_style import (Detectron2RoIHeads, Detectron2RPN, StridedAnchorGenerator,
                                detectron2_resized_size, drop_empty_in_original)
 from .heads import FastRCNNPredictor, build_box_head, build_box_pooler
@@ -99,10 +99,8 @@ class FasterRCNN(GeneralizedRCNN):
     Contiguous class ids 0..K-1 outside; torchvision's 1..K (0 = background) inside.
     """
 
-    def __init__(self, backbone, rpn, roi_heads, transform, input_format: str, rpn_features, roi_features,
-                 drop_empty: bool = False):
+    def __init__(self, backbone, rpn, roi_heads, transform, rpn_features, roi_features, drop_empty: bool = False):
         super().__init__(backbone, rpn, roi_heads, transform)
-        self.input_format = input_format
         self.rpn_features, self.roi_features = list(rpn_features), list(roi_features)
         self.drop_empty = drop_empty  # MODEL.ROI_HEADS.POSTPROCESS detectron2
 
@@ -135,7 +133,8 @@ def build_model(cfg) -> FasterRCNN:
     """Faster R-CNN (C4 or FPN, by MODEL.BACKBONE.NAME and MODEL.ROI_BOX_HEAD.NAME) from the config."""
     if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
         raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: build_model builds "
-                         "'GeneralizedRCNN'; classifiers come from resnet_det.modeling.build_classifier")
+                         "'GeneralizedRCNN'; classifiers come from resnet_det.classification.build_classifier, "
+                         "localizers from resnet_det.localization.build_localizer")
     warn_frozen_random_init(cfg)
     backbone = build_backbone(cfg)
     shapes = backbone.output_shape()
@@ -170,9 +169,9 @@ def build_model(cfg) -> FasterRCNN:
         bbox_reg_weights=tuple(b.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH_TEST,
         nms_thresh=h.NMS_THRESH_TEST, detections_per_img=h.DETECTIONS_PER_IMAGE)
     model = FasterRCNN(backbone, rpn, roi_heads, ResizeNormalize(cfg, backbone.size_divisibility),
-                       cfg.INPUT.FORMAT, rpn_names, h.IN_FEATURES, drop_empty=d2_boxes)
+                       rpn_names, h.IN_FEATURES, drop_empty=d2_boxes)
     logger.info("Parameters per stage (trainable / frozen):\n%s", parameter_table(model))
-    # MODEL.FUSE_FROZEN_BN / CHANNELS_LAST / COMPILE: same outputs within float tolerance, faster.
+    # MODEL.FUSE_CONV_BN_RELU / CHANNELS_LAST / COMPILE: same outputs within float tolerance, faster.
     return apply_fast_path(model, cfg)
 
 

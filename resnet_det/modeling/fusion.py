@@ -1,42 +1,33 @@
-"""Speed-ups that keep a model's function: each is a switch, each is tested for equal outputs.
+"""Inference-time fusion that keeps a model's function: conv + BN folding and fused residual blocks.
 
-- ``fold_frozen_bn``: a FrozenBN (or an eval-mode BN) after a conv is an affine map per channel,
-  y = x * s + t, so conv(x, W) * s + t = conv(x, W * s) + t. The folded conv does one pass over the
-  activations instead of three (conv, multiply, add) and, in training, gradients still reach W
-  through the product W * s. Parameter and buffer names are untouched, so checkpoints load as before.
+- ``fuse_conv_bn_relu`` (MODEL.FUSE_CONV_BN_RELU): a FrozenBN (or an eval-mode BN) after a conv is an
+  affine map per channel, y = x * s + t, so conv(x, W) * s + t = conv(x, W * s) + t. The folded conv does
+  one pass over the activations instead of three (conv, multiply, add) and, in training, gradients still
+  reach W through the product W * s. Parameter and buffer names are untouched, so checkpoints load as before.
 - Folding happens only where the dataflow is known (our stems, blocks and projection shortcuts), and a
   folded pair acts folded only while both halves are still where they were folded (replacing a norm,
   e.g. by ``convert_sync_batchnorm`` or freezing, turns the pair back into conv then norm).
-- ``fold_frozen_bn`` also lets residual blocks run, where no gradient is needed on a CPU with NHWC
-  float32 activations, each folded conv with its ReLU (and the residual addition) as one oneDNN call
-  (``FusedBottleneck``, ``FusedBasicBlock``): the blocks' own values (bit for bit where measured)
-  without the extra passes over the activations and without reordering the weights on every call.
-  These calls use private PyTorch internals: ``utils.compat.private_internals_ok`` allows them only on
-  the versions they were checked on, else the blocks run unfused (logged once).
-- ``to_channels_last``: NHWC activations (oneDNN on CPU and cuDNN on GPU prefer them for convs).
-- ``compile_backbone``: ``torch.compile`` of the backbone in place (state_dict keys unchanged).
-- ``apply_fast_path(model, cfg)``: all of the above as MODEL.FUSE_FROZEN_BN / CHANNELS_LAST /
-  COMPILE ask; ``configure_backends(cfg)`` sets cudnn.benchmark (CUDNN_BENCHMARK).
-- ``DeviceMeter``: averages losses on the device so a training loop syncs once per log period.
+- It also lets residual blocks run, where no gradient is needed on a CPU with NHWC float32 activations,
+  each folded conv with its ReLU (and the residual addition) as one oneDNN call (``FusedBottleneck``,
+  ``FusedBasicBlock``): the blocks' own values (bit for bit where measured) without the extra passes over
+  the activations and without reordering the weights on every call. These calls use private PyTorch
+  internals: ``utils.compat.private_internals_ok`` allows them only on the versions they were checked on,
+  else the blocks run unfused (logged once).
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..utils.compat import private_internals_ok
 from .backbone.blocks import BasicBlock, Bottleneck
 from .backbone.cifar import CifarResNet
 from .backbone.resnet import ResNet
+from .weight_cache import WeightCache, must_recompute, tracing
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["fold_frozen_bn", "unfold_frozen_bn", "FoldedConv2d", "FusedBottleneck", "FusedBasicBlock",
-           "to_channels_last", "compile_backbone", "apply_fast_path", "configure_backends", "DeviceMeter",
-           "version_key"]
+__all__ = ["fuse_conv_bn_relu", "unfuse_conv_bn_relu", "FoldedConv2d", "FusedBottleneck", "FusedBasicBlock"]
 
 
 def _norm_is_folded(norm: nn.Module) -> bool:
@@ -83,45 +74,17 @@ class FoldedBatchNorm2d(_FoldedNormMixin, nn.BatchNorm2d):
 _FOLDED_NORM = {FrozenBatchNorm2d: FoldedFrozenBatchNorm2d, nn.BatchNorm2d: FoldedBatchNorm2d}
 
 
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-
-
-def version_key(tensors) -> tuple | None:
-    """Identifies the values of `tensors` for a cache of something computed from them: storage, version
-    counter (bumped by every in-place change), dtype and device. None for inference tensors (no
-    version counter), which must not be cached on."""
-    try:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-    except RuntimeError:
-        return None
-
-
-def _same_bits(t: torch.Tensor, copy: torch.Tensor) -> bool:
-    """Whether `t` still holds the values of `copy` (its clone), bit for bit. Dense tensors with the
-    same strides compare as int64 words, about 1.5x faster than torch.equal on floats."""
-    if t.shape != copy.shape or t.dtype != copy.dtype or t.device != copy.device:
-        return False
-    size = t.element_size()
-    if (t.stride() == copy.stride() and (t.numel() * size) % 8 == 0 and (t.storage_offset() * size) % 8 == 0
-            and (copy.storage_offset() * size) % 8 == 0
-            and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))):
-        return torch.equal(*(u.as_strided((u.numel(),), (1,)).view(torch.int64) for u in (t, copy)))
-    return torch.equal(t, copy)
-
-
 class FoldedConv2d(nn.Conv2d):
     """A conv that applies the following norm's affine map through its weights and bias.
 
     The norm stays registered where it was (its state_dict keys and buffers are unchanged) and is
     read on every call, so loading weights after folding is correct. When no gradient is needed
-    (inference, or frozen stages in training) the folded weights are cached, with a copy of the values
-    they were computed from: each call compares the sources with that copy (one read of the conv's
-    weight), so every change is seen, including writes through `.data` that no version counter records.
+    (inference, or frozen stages in training) the folded weights are cached in a `WeightCache`, which
+    sees every change of the conv's or the norm's tensors, writes through `.data` included.
     """
 
     _fold_link: _FoldLink
-    _fold_cache: tuple | None
+    _fold_cache: WeightCache
     _packed_cache: tuple | None
 
     @property
@@ -134,17 +97,19 @@ class FoldedConv2d(nn.Conv2d):
                 if t is not None]  # small ones first: a changed statistic is found before reading W
 
     def train(self, mode: bool = True):
-        self._fold_cache = None  # statistics may change while training; rebuild on the next eval call
+        self._fold_cache.clear()  # statistics may change while training; rebuild on the next eval call
         self._packed_cache = None
         return super().train(mode)
 
     def __getstate__(self):
         state = dict(super().__getstate__())
         # oneDNN's opaque tensors neither deepcopy nor pickle; the fold is rebuilt on the first call.
-        state["_packed_cache"] = state["_fold_cache"] = None
+        state["_fold_cache"], state["_packed_cache"] = WeightCache(), None
         return state
 
-    def _compute_fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fold_with_grad(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Ours, not fuse_conv_bn_weights: that returns new nn.Parameters, detached from W and the norm,
+        # and here gradients must reach W (and a trainable eval-mode norm) through W * s.
         n = self._fold_norm
         inv_std = torch.rsqrt(n.running_var + n.eps)  # the expression FrozenBatchNorm2d uses
         scale = inv_std if n.weight is None else n.weight * inv_std
@@ -156,39 +121,38 @@ class FoldedConv2d(nn.Conv2d):
         weight = self.weight * scale.reshape(-1, 1, 1, 1).to(self.weight.dtype)
         return weight, shift.to(self.weight.dtype)
 
-    def _cache_valid(self, sources: list[torch.Tensor]) -> bool:
-        cache = self._fold_cache
-        return cache is not None and len(cache[0]) == len(sources) and all(map(_same_bits, sources, cache[0]))
+    def _fold_no_grad(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self._fold_norm
+        weight, bias = fuse_conv_bn_weights(self.weight, self.bias, n.running_mean, n.running_var, n.eps,
+                                            n.weight, n.bias)
+        return weight.detach(), bias.detach()  # plain tensors: the Parameters it returns could collect grads
 
     def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         sources = self._fold_sources()
-        if _tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
-            return self._compute_fold()  # gradients flow to W (and to a trainable norm) through W * s
-        if not self._cache_valid(sources):
-            # Normal (not inference-mode) tensors, so a frozen stage can reuse them in training.
-            with torch.inference_mode(False), torch.no_grad():
-                self._fold_cache = ([t.clone() for t in sources], *self._compute_fold())
-        return self._fold_cache[1], self._fold_cache[2]
+        if must_recompute(sources):
+            return self._fold_with_grad()
+        return self._fold_cache.get(sources, self._fold_no_grad)
 
     def onednn_weight_and_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The folded weight, reordered once into oneDNN's blocked layout for inputs shaped like `x`
         (as inductor's freezing does) while the folded weights are cached; else as they are."""
         weight, bias = self.folded_weight_and_bias()
-        cache = self._fold_cache
-        if cache is None or cache[1] is not weight:
+        cached = self._fold_cache.value
+        if cached is None or cached[0] is not weight:
             return weight, bias
-        if self._packed_cache is None or self._packed_cache[0] is not cache or self._packed_cache[1] != x.shape:
+        if self._packed_cache is None or self._packed_cache[0] is not cached or self._packed_cache[1] != x.shape:
             with torch.inference_mode(False), torch.no_grad():
                 packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                     weight.to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
                     list(x.shape))
-            self._packed_cache = (cache, x.shape, packed)
+            self._packed_cache = (cached, x.shape, packed)
         return self._packed_cache[2], bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fold_link.active():
-            if self._fold_cache is not None:  # free the memory of a pair that may be gone for good
-                self._fold_cache = self._packed_cache = None
+            if self._fold_cache.value is not None:  # free the memory of a pair that may be gone for good
+                self._fold_cache.clear()
+                self._packed_cache = None
             return super().forward(x)
         weight, bias = self.folded_weight_and_bias()
         return self._conv_forward(x, weight, bias)
@@ -270,7 +234,7 @@ class _FusedBlockMixin:
         if (not torch.backends.mkldnn.enabled or type(x) is not torch.Tensor
                 or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0
                 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
-                or _tracing() or torch.is_autocast_enabled("cpu") or _pointwise_conv_op() is None):
+                or tracing() or torch.is_autocast_enabled("cpu") or _pointwise_conv_op() is None):
             return False
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
@@ -304,17 +268,18 @@ class FusedBasicBlock(_FusedBlockMixin, BasicBlock):
 _FUSED_BLOCK = {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock}
 
 
-def fold_frozen_bn(module: nn.Module) -> int:
+def fuse_conv_bn_relu(module: nn.Module) -> int:
     """Fold every FrozenBN (and BatchNorm2d, when in eval mode) into the conv before it, in place, in
-    our stems, blocks and projection shortcuts (other layouts are left as they are).
+    our stems, blocks and projection shortcuts (other layouts are left as they are), and let the
+    residual blocks run conv + ReLU (+ addition) fused where no gradient is needed on a CPU.
 
     Parameters, buffers and their names stay as they are (the same tensor objects, so an optimizer
-    built earlier keeps working); `unfold_frozen_bn` undoes it. Folding again after a norm or conv was
-    replaced folds the new pair. Returns the number of pairs folded.
+    built earlier keeps working); `unfuse_conv_bn_relu` undoes it. Folding again after a norm or conv
+    was replaced folds the new pair. Returns the number of pairs folded.
 
     Example::
         >>> net = ResNet(50, norm="FrozenBN").eval()
-        >>> fold_frozen_bn(net)  # stem + 16 blocks x 3 + 4 projection shortcuts
+        >>> fuse_conv_bn_relu(net)  # stem + 16 blocks x 3 + 4 projection shortcuts
         53
     """
     pairs = list(_conv_norm_pairs(module))
@@ -326,7 +291,7 @@ def fold_frozen_bn(module: nn.Module) -> int:
         link = _FoldLink(parent, conv_name, norm_name, conv, norm)
         object.__setattr__(norm, "_fold_link", link)
         object.__setattr__(conv, "_fold_link", link)
-        object.__setattr__(conv, "_fold_cache", None)
+        object.__setattr__(conv, "_fold_cache", WeightCache())
         object.__setattr__(conv, "_packed_cache", None)
     for block in module.modules():
         if type(block) in _FUSED_BLOCK and isinstance(block.relu, nn.ReLU):
@@ -334,8 +299,8 @@ def fold_frozen_bn(module: nn.Module) -> int:
     return len(pairs)
 
 
-def unfold_frozen_bn(module: nn.Module) -> int:
-    """Undo `fold_frozen_bn`: plain convs and norms again. Returns the number of convs restored."""
+def unfuse_conv_bn_relu(module: nn.Module) -> int:
+    """Undo `fuse_conv_bn_relu`: plain convs, norms and blocks again. Returns the number of convs restored."""
     count = 0
     for m in module.modules():
         if isinstance(m, FoldedConv2d):
@@ -348,77 +313,3 @@ def unfold_frozen_bn(module: nn.Module) -> int:
         elif isinstance(m, _FusedBlockMixin):
             m.__class__ = next(base for base, fused in _FUSED_BLOCK.items() if isinstance(m, fused))
     return count
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """4-D weights in NHWC and the backbone's input converted on entry, so every conv runs NHWC."""
-    model = model.to(memory_format=torch.channels_last)
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None and not getattr(backbone, "_channels_last_hook", False):
-        # The weights alone would switch oneDNN/cuDNN to NHWC at the first conv; converting the
-        # (normalised, padded) batch here makes it explicit and independent of that heuristic.
-        backbone.register_forward_pre_hook(
-            lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
-        backbone._channels_last_hook = True
-    return model
-
-
-def compile_backbone(model: nn.Module, **compile_kwargs) -> nn.Module:
-    """`torch.compile` the backbone in place (nn.Module.compile keeps the state_dict keys).
-
-    The first calls at each new input shape are slow (compilation); multi-scale training reuses a
-    dynamic-shape graph after the first recompilation.
-    """
-    target = getattr(model, "backbone", model)
-    target.compile(**compile_kwargs)
-    return model
-
-
-def apply_fast_path(model: nn.Module, cfg) -> nn.Module:
-    """Apply the speed-ups the config asks for: MODEL.FUSE_FROZEN_BN, MODEL.CHANNELS_LAST, MODEL.COMPILE.
-
-    Call it after building the model; moving it to a device afterwards keeps all of them.
-    """
-    if cfg.MODEL.FUSE_FROZEN_BN:
-        n = fold_frozen_bn(model)
-        logger.info("Folded %d FrozenBN/BN layers into their convs (MODEL.FUSE_FROZEN_BN)", n)
-    if cfg.MODEL.CHANNELS_LAST:
-        model = to_channels_last(model)
-    if cfg.MODEL.COMPILE:
-        model = compile_backbone(model)
-    return model
-
-
-def configure_backends(cfg) -> None:
-    """Process-wide switches: cudnn.benchmark (CUDNN_BENCHMARK) picks the fastest conv algorithms
-    per input shape on GPU; with many distinct shapes (multi-scale training) the search can cost more
-    than it saves, hence a switch."""
-    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
-
-
-class DeviceMeter:
-    """Running sums of scalar tensors kept on their device: `add` never synchronises, `averages`
-    does once. A training loop that calls `float(loss)` per step stalls the GPU every step."""
-
-    def __init__(self):
-        self._sums: dict[str, torch.Tensor | float] = {}
-        self._counts: dict[str, int] = {}
-
-    def add(self, values: dict) -> None:
-        for k, v in values.items():
-            v = v.detach() if isinstance(v, torch.Tensor) else v
-            self._sums[k] = self._sums[k] + v if k in self._sums else v
-            self._counts[k] = self._counts.get(k, 0) + 1
-
-    def averages(self) -> dict[str, float]:
-        """Mean of each key since the last call (one device-to-host copy), then reset."""
-        keys = list(self._sums)
-        tensors = [k for k in keys if isinstance(self._sums[k], torch.Tensor)]
-        host = {}
-        if tensors:
-            stacked = torch.stack([self._sums[k].float().reshape(()) for k in tensors]).cpu().tolist()
-            host = dict(zip(tensors, stacked))
-        out = {k: float(host.get(k, self._sums[k])) / self._counts[k] for k in keys}
-        self._sums.clear()
-        self._counts.clear()
-        return out
