@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..data.catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog, datasets_root, unregister
 from ..data.demo import make_classification_set
-from ..data.samplers import InferenceSampler, TrainingSampler, get_rank_and_world_size
+from ..data.samplers import InferenceSampler, TrainingSampler
 from ..data.shapes_draw import SHAPE_KINDS
 from ..data.transforms import BadImageError, read_image
+from ..utils import comm
 from ..utils.errors import ConfigError, DataError
 from .cifar import CIFAR10_CLASSES, CIFAR_LAYOUT, load_cifar10
 from .transforms import TestTransform, TrainTransform, center_crop, resize_shorter
@@ -191,14 +192,12 @@ def build_classification_train_loader(cfg, start_iter: int = 0, dicts: list | No
         images, labels = next(iter(build_classification_train_loader(cfg)))
         print(images.shape, images.dtype, labels[:4])   # (B, 3, 224, 224) torch.uint8 ...
     """
-    rank, world = get_rank_and_world_size()
+    world = comm.get_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     dicts = get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts
-    from ..data.build import _shared_seed
-
-    sampler = TrainingSampler(len(dicts), shuffle=True, seed=_shared_seed(cfg.SEED), rank=rank, world_size=world)
+    sampler = TrainingSampler(len(dicts), shuffle=True, seed=cfg.SEED)
     stream = _BatchStream(dicts, TrainTransform(cfg), cfg.INPUT.FORMAT, sampler, total // world, start_iter,
                           cfg.DATALOADER.ON_BAD_IMAGE)
     return ClassificationTrainLoader(stream, cfg.DATALOADER.NUM_WORKERS)
@@ -236,7 +235,7 @@ def build_classification_test_loader(cfg, dataset_name, protocol: str | None = N
     (images differ in size, and the model resizes each to every TEST.MULTISCALE_SIZES)."""
     dicts = get_classification_dicts(dataset_name)
     transform = TestTransform(cfg, protocol)
-    _, world = get_rank_and_world_size()
+    world = comm.get_world_size()
     per_rank = max(1, cfg.SOLVER.IMS_PER_BATCH // world)
     batch = {"center": per_rank, "10crop": max(1, per_rank // 10), "multiscale": 1}[transform.protocol]
     sampler = InferenceSampler(len(dicts))

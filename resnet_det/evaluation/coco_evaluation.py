@@ -17,7 +17,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main, unique_images
+from ..utils.comm import gather_to_main
+from .evaluator import DatasetEvaluator, data_catalogs, format_table, unique_images
 from ..utils.errors import MissingFileError
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main, unique_images
+from ..utils.comm import gather_to_main
+from .evaluator import DatasetEvaluator, data_catalogs, format_table, unique_images
 
 logger = logging.getLogger(__name__)
 
