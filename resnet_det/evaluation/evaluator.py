@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Sequence
 
 import torch
+from tabulate import tabulate
 
 from ..utils.comm import get_world_size
 
@@ -53,22 +54,8 @@ def data_catalogs():
 
 
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], floatfmt: str = ".3f") -> str:
-    """A plain-text table: ``tabulate``'s "pipe" format when it is installed, else an aligned fallback."""
-    try:
-        from tabulate import tabulate
-    except ImportError:
-        tabulate = None
-    if tabulate is not None:
-        return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=floatfmt, numalign="left")
-
-    def cell(v):
-        return format(v, floatfmt) if isinstance(v, float) else str(v)
-
-    text = [[cell(h) for h in headers]] + [[cell(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in text if i < len(r)) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in text]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    """The evaluators' plain-text tables: tabulate's "pipe" format (Markdown-compatible)."""
+    return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=floatfmt, numalign="left")
 
 
 # ---------------------------------------------------------------------------------------------
