@@ -25,8 +25,7 @@ with warnings.catch_warnings():  # fvcore.nn runs torch.jit.script at import, wh
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
-from resnet_det.modeling.backbone.cifar import CifarResNet
-from resnet_det.modeling.backbone.resnet import ARCHS, ResNet
+from .backbone import ARCHS, CifarResNet, ResNet
 
 # fvcore operator names (by_operator keys) that are multiply-adds: the paper's FLOPs.
 MAC_OPS = frozenset({"conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum"})
