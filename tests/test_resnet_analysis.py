@@ -10,7 +10,7 @@ import torch
 
 from resnet_det.modeling import resnet50
 from resnet_det.modeling.analysis import (PAPER, build_named_model, cifar_comparison, count_macs,
-                                       count_params, imagenet_comparison, stage_table)
+                                          count_params, imagenet_comparison, stage_table)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
