@@ -44,15 +44,6 @@ def unique_images(records: list, image_id, who: str) -> list:
     return out
 
 
-def data_catalogs():
-    """(DatasetCatalog, MetadataCatalog), imported lazily: resnet_det.data may import this package."""
-    try:
-        from resnet_det.data import DatasetCatalog, MetadataCatalog
-    except ImportError:  # the package does not re-export them (yet)
-        from resnet_det.data.catalog import DatasetCatalog, MetadataCatalog
-    return DatasetCatalog, MetadataCatalog
-
-
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], floatfmt: str = ".3f") -> str:
     """The evaluators' plain-text tables: tabulate's "pipe" format (Markdown-compatible)."""
     return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=floatfmt, numalign="left")
