@@ -39,6 +39,20 @@ def test_bad_values_and_renamed_keys_are_clear(tmp_path):
     assert "SOLVER.MAX_ITER" in err
 
 
+def test_saved_config_merges_back_into_the_defaults(tmp_path):
+    """OUTPUT_DIR/config.yaml (cfg.dump()) is a config file: tuples dump as YAML lists, and merging it into
+    fresh defaults gives the same config, every key and value."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "frcnn_r101_coco.yaml"))
+    cfg.merge_from_list(["SOLVER.STEPS", (10, 20), "INPUT.MIN_SIZE_TRAIN", (480, 512)])
+    text = cfg.dump()
+    assert "!!python" not in text and "STEPS:\n  - 10\n  - 20" in text
+    (tmp_path / "config.yaml").write_text(text)
+    again = get_cfg()
+    again.merge_from_file(str(tmp_path / "config.yaml"))
+    assert again == cfg and again.dump() == text
+
+
 def test_missing_dataset_is_one_paragraph(tmp_path):
     res = run_train_net(["--config-file", DEMO_CONFIG, *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "o"),
                          "DATASETS.TRAIN", "('coco_2017_train',)"], str(tmp_path / "empty_root"))
