@@ -5,7 +5,7 @@ import os
 
 import pytest
 from resnet_det.config import get_cfg, validate_cfg
-from resnet_det.engine.solver import lr_factor, scale_schedule
+from resnet_det.engine.solver import lr_schedule, scale_schedule
 from resnet_det.modeling.detector import build_model
 
 from engine_utils import DEMO_CONFIG, REPO, TINY_OPTS, make_tiny_shapes, run_train_net
@@ -116,8 +116,9 @@ def test_batch_scaling_of_lr_and_schedule():
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.001 / 4)
     assert cfg.SOLVER.MAX_ITER == 320000 * 4 and tuple(cfg.SOLVER.STEPS) == (240000 * 4,)
     cfg.SOLVER.WARMUP_ITERS = 100
-    assert lr_factor(cfg, 0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
-    assert lr_factor(cfg, 100) == 1.0 and lr_factor(cfg, 240000 * 4) == pytest.approx(0.1)
+    factor = lr_schedule(cfg)
+    assert factor(0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
+    assert factor(100) == 1.0 and factor(240000 * 4) == pytest.approx(0.1)
 
 
 def test_runs_under_torchrun(tmp_path, shapes_root):
