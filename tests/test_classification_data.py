@@ -78,6 +78,43 @@ def test_cifar_split_and_catalog(datasets_root):
         register_classification_builtins()
 
 
+def test_cifar_reader_reads_what_torchvision_reads(tmp_path, monkeypatch):
+    """Oracle: torchvision.datasets.CIFAR10 on the same files gives the same images, labels and class
+    names. Why we keep our reader: torchvision accepts only the published archive's files (md5 check),
+    reads str keys only (write_cifar_batch's bytes keys, as Python 3 sees the real files with
+    encoding="bytes", are a KeyError to it), and unpickles without restriction."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    from resnet_det.classification.cifar import read_label_names
+
+    def write(root, keys):
+        d = root / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+            n = 5 if name == "test_batch" else 12
+            data = _pattern(n, 12 * i).transpose(0, 3, 1, 2).reshape(n, -1)
+            with open(d / name, "wb") as f:
+                pickle.dump({keys("data"): data, keys("labels"): [(j + i) % 10 for j in range(n)]}, f, protocol=2)
+        with open(d / "batches.meta", "wb") as f:
+            pickle.dump({keys("label_names"): [keys(c) for c in "abcdefghij"]}, f, protocol=2)
+        return d
+
+    d = write(tmp_path / "str", str)
+    with pytest.raises(RuntimeError, match="not found or corrupted"):  # the md5 of the published files
+        tv_cifar.CIFAR10(str(d.parent), train=True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    for train, split in ((True, "trainval"), (False, "test")):
+        tv = tv_cifar.CIFAR10(str(d.parent), train=train)
+        images, labels = load_cifar10(str(d), split)
+        np.testing.assert_array_equal(images, tv.data)
+        assert labels.tolist() == tv.targets
+    assert tv.classes == read_label_names(str(d)) == list("abcdefghij")
+    d = write(tmp_path / "bytes", str.encode)
+    assert load_cifar10(str(d), "test")[1].tolist() == tv.targets
+    with pytest.raises(KeyError):
+        tv_cifar.CIFAR10(str(d.parent), train=False)
+
+
 def test_missing_data_sets_say_where_and_what(datasets_root):
     register_classification_builtins(str(datasets_root))
     try:
