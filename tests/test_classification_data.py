@@ -11,7 +11,7 @@ from resnet_det.classification import (build_classification_test_loader, build_c
                                        compute_mean_image, load_cifar10, read_cifar_batch,
                                        register_classification_builtins, write_cifar_batch)
 from resnet_det.classification.cifar import write_cifar_meta
-from resnet_det.classification.transforms import center_crop, resize_shorter
+from resnet_det.classification.transforms import center_crop, resize_shorter, to_chw
 from resnet_det.config import get_cfg
 from resnet_det.data import DatasetCatalog, DatasetNotFoundError, make_classification_set, read_image
 
@@ -198,8 +198,9 @@ def test_per_pixel_mean_image(tiny_set, tmp_path):
     cfg, _ = _cfg(tmp_path, tiny_set)
     mean = compute_mean_image(cfg)
     dicts, _ = load_image_folder(os.path.join(tiny_set, "train"))
-    expected = np.mean([center_crop(resize_shorter(read_image(d["file_name"]), 28), 24) for d in dicts], axis=0)
-    np.testing.assert_allclose(mean, expected.transpose(2, 0, 1), rtol=1e-5)
+    expected = np.mean([center_crop(to_chw(resize_shorter(read_image(d["file_name"]), 28)), 24).numpy()
+                        for d in dicts], axis=0)
+    np.testing.assert_allclose(mean, expected, rtol=1e-5)
     cached = [f for f in os.listdir(tmp_path) if f.startswith("mean_image_")]
     assert len(cached) == 1
     np.testing.assert_array_equal(compute_mean_image(cfg), mean)  # read back from the cache

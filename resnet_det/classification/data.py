@@ -27,7 +27,7 @@ from ..data.transforms import BadImageError, read_image
 from ..utils import comm
 from ..utils.errors import ConfigError, DataError
 from .cifar import CIFAR10_CLASSES, CIFAR_LAYOUT, load_cifar10
-from .transforms import TestTransform, TrainTransform, center_crop, resize_shorter
+from .transforms import TestTransform, TrainTransform
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class _BatchStream(IterableDataset):
         while True:
             items = [self._item(pos, idx) for pos, idx in
                      _take(self.sampler.indices(b * self.batch_size), self.batch_size)]
-            images = torch.from_numpy(np.stack([x for x, _ in items]))
+            images = torch.stack([x for x, _ in items])
             yield images, torch.tensor([y for _, y in items], dtype=torch.int64)
             b += nw
 
@@ -213,7 +213,7 @@ class _TestSet(Dataset):
 
     def __getitem__(self, i):
         d = self.dicts[i]
-        return torch.from_numpy(self.transform(load_image(d, self.image_format))), d["label"]
+        return self.transform(load_image(d, self.image_format)), d["label"]
 
 
 class ClassificationTestLoader:
@@ -260,13 +260,11 @@ def compute_mean_image(cfg, dicts: list[dict] | None = None, max_images: int = M
     dicts = get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts
     pick = np.linspace(0, len(dicts) - 1, min(max_images, len(dicts))).round().astype(int)
     size = int(cfg.INPUT.CROP_SIZE)
-    acc = np.zeros((size, size, 3), np.float64)
+    center = TestTransform(cfg, "center")
+    acc = np.zeros((3, size, size), np.float64)
     for i in pick:
-        img = load_image(dicts[i], cfg.INPUT.FORMAT)
-        imagenet = cfg.MODEL.CLASSIFIER.STYLE == "imagenet"
-        img = resize_shorter(img, int(cfg.INPUT.TEST_RESIZE) if imagenet else size)
-        acc += center_crop(img, size)
-    mean = (acc / len(pick)).transpose(2, 0, 1).astype(np.float32)
+        acc += center(load_image(dicts[i], cfg.INPUT.FORMAT)).numpy()
+    mean = (acc / len(pick)).astype(np.float32)
     if not cache:
         return mean
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

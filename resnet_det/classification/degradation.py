@@ -113,8 +113,8 @@ def error_rate(model: Classifier, images: torch.Tensor, labels: torch.Tensor, ch
 
 def _as_tensors(dicts, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     tf = TestTransform(cfg, "center")
-    images = np.stack([tf(load_image(d, cfg.INPUT.FORMAT)) for d in dicts])
-    return torch.from_numpy(images), torch.tensor([d["label"] for d in dicts])
+    images = torch.stack([tf(load_image(d, cfg.INPUT.FORMAT)) for d in dicts])
+    return images, torch.tensor([d["label"] for d in dicts])
 
 
 def prepare_study_data(data: str, train_per_class: int = 300) -> tuple[str, list[dict], list[dict]]:
