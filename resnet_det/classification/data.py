@@ -61,6 +61,8 @@ def load_image_folder(dirname: str, name: str = "image folder") -> tuple[list[di
 
 
 def load_cifar_dicts(dirname: str, split: str, name: str) -> list[dict]:
+    """Dataset dicts of split "train"/"val"/"trainval"/"test" of a cifar-10-batches-py folder, images held
+    in memory (RGB); ``name`` is the data set named in errors."""
     if not os.path.isdir(dirname):
         raise DatasetNotFoundError(name, [dirname], CIFAR_LAYOUT)
     missing = [f for f in (["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)])
