@@ -17,6 +17,7 @@ setup(
         "torch>=2.5,<3",
         "torchvision>=0.20,<1",
         "fvcore>=0.1.5",
+        "tabulate>=0.9",  # ships with fvcore; imported directly (intfmt: 0.9)
         "pycocotools>=2.0.6",
         "opencv-python-headless>=4.7",
         "numpy>=1.23",

@@ -5,7 +5,7 @@ import os
 
 import pytest
 from resnet_det.config import get_cfg, validate_cfg
-from resnet_det.engine.solver import lr_factor, scale_schedule
+from resnet_det.engine.solver import lr_schedule, scale_schedule
 from resnet_det.modeling.detector import build_model
 
 from engine_utils import DEMO_CONFIG, REPO, TINY_OPTS, make_tiny_shapes, run_train_net
@@ -37,6 +37,20 @@ def test_bad_values_and_renamed_keys_are_clear(tmp_path):
     assert "renamed to 'MODEL.RESNETS.STRIDE_IN_1X1'" in err
     err = _error_text(run_train_net(["--config-file", DEMO_CONFIG, "SOLVER.MAX_ITER", "many"], str(tmp_path)))
     assert "SOLVER.MAX_ITER" in err
+
+
+def test_saved_config_merges_back_into_the_defaults(tmp_path):
+    """OUTPUT_DIR/config.yaml (cfg.dump()) is a config file: tuples dump as YAML lists, and merging it into
+    fresh defaults gives the same config, every key and value."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "frcnn_r101_coco.yaml"))
+    cfg.merge_from_list(["SOLVER.STEPS", (10, 20), "INPUT.MIN_SIZE_TRAIN", (480, 512)])
+    text = cfg.dump()
+    assert "!!python" not in text and "STEPS:\n  - 10\n  - 20" in text
+    (tmp_path / "config.yaml").write_text(text)
+    again = get_cfg()
+    again.merge_from_file(str(tmp_path / "config.yaml"))
+    assert again == cfg and again.dump() == text
 
 
 def test_missing_dataset_is_one_paragraph(tmp_path):
@@ -102,8 +116,9 @@ def test_batch_scaling_of_lr_and_schedule():
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.001 / 4)
     assert cfg.SOLVER.MAX_ITER == 320000 * 4 and tuple(cfg.SOLVER.STEPS) == (240000 * 4,)
     cfg.SOLVER.WARMUP_ITERS = 100
-    assert lr_factor(cfg, 0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
-    assert lr_factor(cfg, 100) == 1.0 and lr_factor(cfg, 240000 * 4) == pytest.approx(0.1)
+    factor = lr_schedule(cfg)
+    assert factor(0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
+    assert factor(100) == 1.0 and factor(240000 * 4) == pytest.approx(0.1)
 
 
 def test_runs_under_torchrun(tmp_path, shapes_root):

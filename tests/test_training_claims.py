@@ -16,7 +16,7 @@ from resnet_det.engine.solver import build_lr_scheduler
 from resnet_det.modeling.detector import build_model
 from resnet_det.modeling.detector.rcnn import parameter_table
 
-from engine_utils import make_tiny_shapes, tiny_cfg
+from engine_utils import REPO, make_tiny_shapes, tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,24 @@ def test_schedules_equal_torch_schedulers(name, method):
     assert got[0] == pytest.approx(s.BASE_LR * s.WARMUP_FACTOR)  # the first iteration is warm
     if name == "WarmupCosineLR":
         assert got[20] == pytest.approx(s.BASE_LR * 0.5) and got[-1] < s.BASE_LR * 0.01  # half way, near 0
+
+
+def test_schedule_decides_on_the_iteration_beyond_a_million_iterations():
+    """frcnn_r101_coco.yaml at 2 images per batch: 1.28M iterations, the lr drops at iteration 960000
+    exactly and the warmup's last iteration is still warm. (fvcore's MultiStep/Composite param schedulers
+    compare progress fractions with a tolerance of 1e-6 of the run, which moves both one iteration early.)"""
+    from resnet_det.config import get_cfg
+    from resnet_det.engine.solver import lr_schedule, scale_schedule
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "frcnn_r101_coco.yaml"))
+    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 2, "SOLVER.WARMUP_ITERS", 100])
+    scale_schedule(cfg)
+    s = cfg.SOLVER
+    assert (s.MAX_ITER, tuple(s.STEPS), s.WARMUP_ITERS) == (1280000, (960000,), 400)
+    factor = lr_schedule(cfg)
+    assert factor(399) == pytest.approx(s.WARMUP_FACTOR / 400 + 399 / 400) and factor(399) < 1 and factor(400) == 1
+    assert (factor(959999), factor(960000), factor(s.MAX_ITER - 1)) == (1, pytest.approx(0.1), pytest.approx(0.1))
 
 
 # ---- the per-stage parameter table -----------------------------------------------------------------

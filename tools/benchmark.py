@@ -273,7 +273,7 @@ def main(argv=None) -> dict:
         print(f"[benchmark] {name}: {', '.join(s['impl'] for s in specs)}", flush=True)
         report["results"] += run_group(name, section, BUILDERS[section], specs, images, device=device,
                                        warmup=args.warmup, iters=args.iters, threads=args.threads,
-                                       memory=args.memory)
+                                       memory=args.memory, preload=["resnet_det.modeling"])
         write(report, args.output)
     if "data" in args.sections and in_budget("data"):
         spec = dict(batch=args.train_batches[-1], device=str(device), tiny=args.tiny)

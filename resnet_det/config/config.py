@@ -129,10 +129,6 @@ class CfgNode(_FvCfgNode):
         except (ValueError, KeyError) as e:
             raise type(e)(f"command line override: {e}") from None
 
-    def dump(self, *args, **kwargs) -> str:
-        # Tuples dump as lists, so a saved config.yaml merges back into the defaults.
-        return super().dump(*args, **kwargs)
-
 
 def get_cfg() -> CfgNode:
     """A fresh copy of the defaults (resnet_det/config/defaults.py)."""

@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .samplers import InferenceSampler, TrainingSampler, get_rank_and_world_size
+from .samplers import InferenceSampler, TrainingSampler
 from .transforms import DatasetMapper, read_skipped_images
+from ..utils import comm
 from ..utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -52,17 +53,6 @@ def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
             raise DataError(f"no image of {names} has a non-crowd annotation "
                             f"(DATALOADER.FILTER_EMPTY_ANNOTATIONS removed all {before})")
     return dicts
-
-
-def _shared_seed(seed: int) -> int:
-    """cfg.SEED, or (when negative) one random seed that every rank agrees on."""
-    if seed >= 0:
-        return int(seed)
-    box = [int(np.random.SeedSequence().generate_state(1)[0] >> 1)]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.broadcast_object_list(box, src=0)
-    logger.info("SEED < 0: the train loader uses seed %d", box[0])
-    return box[0]
 
 
 def _aspect_key(d: dict) -> int:
@@ -175,13 +165,13 @@ def build_detection_train_loader(cfg, mapper=None, start_iter: int = 0, dataset:
         batch = next(iter(build_detection_train_loader(cfg)))
         print(len(batch), batch[0]["image"].shape)
     """
-    rank, world = get_rank_and_world_size()
+    world = comm.get_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     if dataset is None:
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    sampler = TrainingSampler(len(dataset), shuffle=True, seed=_shared_seed(cfg.SEED), rank=rank, world_size=world)
+    sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED)
     bad = set(read_skipped_images(cfg.OUTPUT_DIR)) if start_iter > 0 else set()
     return TrainLoader(dataset, mapper or DatasetMapper(cfg, is_train=True), sampler, total // world,
                        cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.DATALOADER.NUM_WORKERS,

@@ -17,8 +17,13 @@ from pycocotools.coco import COCO
 
 from ..utils.errors import DataError
 from ..utils.io import atomic_write
+from .catalog import DatasetCatalog, MetadataCatalog, require_files
 
 logger = logging.getLogger(__name__)
+
+COCO_LAYOUT = ("a COCO instances json (keys images, annotations, categories) and a folder with the "
+               "images its 'file_name' entries name, e.g. coco/annotations/instances_val2017.json "
+               "and coco/val2017/*.jpg")
 
 
 def _read_json(json_file: str) -> dict:
@@ -189,8 +194,6 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
                  + (f" in {len(fixed_imgs[k])} images" if k in fixed_imgs else "") for k, n in stats.items()]
         logger.warning("%s: %s", json_file, "; ".join(parts))
     if dataset_name is not None:
-        from .catalog import MetadataCatalog
-
         MetadataCatalog.get(dataset_name).set(thing_classes=[c["name"] for c in cats],
                                               thing_dataset_id_to_contiguous_id=id_map)
     logger.info("loaded %d images, %d boxes from %s", len(dicts), len(anns), json_file)
@@ -236,8 +239,6 @@ def dataset_dicts_to_coco(dicts: list[dict], class_names: list[str],
 
 def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool = True) -> str:
     """Write registered data set ``dataset_name`` as a COCO json (atomically); returns the path."""
-    from .catalog import DatasetCatalog, MetadataCatalog
-
     if allow_cached and os.path.isfile(output_file):
         return output_file
     dicts = DatasetCatalog.get(dataset_name)
@@ -249,3 +250,21 @@ def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool
             json.dump(coco, f)  # streamed: a large set's json need not fit in memory twice
 
     return atomic_write(output_file, write)
+
+
+def register_coco_instances(name: str, metadata: dict, json_file: str, image_root: str) -> None:
+    """Register a COCO-format detection set: the loader and its metadata (evaluator_type "coco").
+
+    Args:
+        metadata: extra metadata (may be ``{}``); thing_classes come from the json's categories.
+        json_file: the instances json; image_root: the folder its file_names are relative to.
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+
+    def load():
+        require_files(name, {json_file: "file", image_root: "dir"}, COCO_LAYOUT)
+        return load_coco_json(json_file, image_root, dataset_name=name)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                                  **metadata)

@@ -5,6 +5,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from ..utils.errors import DataError
+from .catalog import DatasetCatalog, MetadataCatalog, require_files
 
 # The 20 VOC classes in the order of the VOC devkit; index = contiguous category id.
 VOC_CLASSES = (
@@ -12,6 +13,9 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
+
+VOC_LAYOUT = ("a PASCAL VOC folder <dirname>/{Annotations/*.xml, JPEGImages/*.jpg, "
+              "ImageSets/Main/<split>.txt}, e.g. VOC2007/ImageSets/Main/trainval.txt")
 
 
 def _text(node, field: str, xml_file: str, where: str) -> str:
@@ -88,3 +92,18 @@ def load_voc_instances(dirname: str, split: str, class_names=VOC_CLASSES) -> lis
                       "image_id": int(fileid.replace("_", "")) if numeric else i,
                       "height": height, "width": width, "annotations": anns})
     return dicts
+
+
+def register_pascal_voc(name: str, dirname: str, split: str, year: int, class_names=VOC_CLASSES) -> None:
+    """Register a PASCAL VOC split (evaluator_type "voc"); ``class_names`` default: the 20 VOC classes."""
+    class_names = list(class_names)
+    dirname = os.fspath(dirname)
+
+    def load():
+        require_files(name, {os.path.join(dirname, "ImageSets", "Main", f"{split}.txt"): "file",
+                             os.path.join(dirname, "Annotations"): "dir"}, VOC_LAYOUT)
+        return load_voc_instances(dirname, split, class_names)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(thing_classes=class_names, dirname=dirname, year=int(year),
+                                  split=split, evaluator_type="voc")

@@ -16,7 +16,7 @@ import platform
 import resource
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -159,22 +159,26 @@ def _probe(build, spec, threads: int, steps: int, conn) -> None:
 _CONTEXT = None
 
 
-def _context():
-    """A fork server that has imported torch: children start fast and own a fresh ru_maxrss."""
+def _context(preload: Sequence[str] = ()):
+    """A fork server that has imported torch (and `preload`, named by the caller: utils imports nothing
+    of ours): children start fast and own a fresh ru_maxrss. One server per process: the first call's
+    `preload` is the one it keeps."""
     global _CONTEXT
     if _CONTEXT is None:
         if "forkserver" in mp.get_all_start_methods():
             _CONTEXT = mp.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["torch", "torchvision", "resnet_det.modeling"])
+            _CONTEXT.set_forkserver_preload(["torch", "torchvision", *preload])
         else:
             _CONTEXT = mp.get_context("spawn")
     return _CONTEXT
 
 
-def measure_peak_memory(build: Callable, spec, *, device: torch.device, threads: int, steps: int = 2) -> dict:
+def measure_peak_memory(build: Callable, spec, *, device: torch.device, threads: int, steps: int = 2,
+                        preload: Sequence[str] = ()) -> dict:
     """Peak memory of `build(spec)()` (a step function) run `steps` times.
 
-    `build` must be a module-level function (it is pickled by name for the child process on CPU).
+    `build` must be a module-level function (it is pickled by name for the child process on CPU);
+    `preload`: modules the CPU children's fork server imports once (e.g. the package `build` needs).
     CUDA: in this process, as `cuda_step_memory` (one measured call). CPU: resident memory of a child
     process after building (`rss_setup_mb`), its high-water mark (`rss_peak_mb`) and their difference
     (`step_peak_over_setup_mb`, what the steps add on top of weights and inputs).
@@ -187,7 +191,7 @@ def measure_peak_memory(build: Callable, spec, *, device: torch.device, threads:
         del step
         torch.cuda.empty_cache()
         return out
-    ctx = _context()
+    ctx = _context(preload)
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_probe, args=(build, spec, threads, steps, child))
     proc.start()
@@ -233,7 +237,8 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def run_group(name: str, section: str, builder: Callable, specs: list[dict], images: int, *,
-              device: torch.device, warmup: int, iters: int, threads: int, memory: bool = True) -> list[dict]:
+              device: torch.device, warmup: int, iters: int, threads: int, memory: bool = True,
+              preload: Sequence[str] = ()) -> list[dict]:
     """One comparison: build every implementation (`builder(spec)` -> object with `step()` via
     `__call__` and `check()` -> dict of tensors), compare outputs with the first, time them
     interleaved, then measure each one's peak memory. Returns one row per spec.
@@ -241,7 +246,7 @@ def run_group(name: str, section: str, builder: Callable, specs: list[dict], ima
     CUDA: every case stays resident; each one's own memory (`cuda_setup_mb`: weights, inputs, and the
     optimizer state and workspaces its first call creates) is what its building and first call left
     allocated, and `step_peak_over_setup_mb` is how far one more call raises `max_memory_allocated`
-    above what was allocated before it. CPU: a child process per case (`measure_peak_memory`)."""
+    above what was allocated before it. CPU: a child process per case (`measure_peak_memory`, with `preload`)."""
     cuda = device.type == "cuda"
     cases, setup = {}, {}
     for s in specs:
@@ -268,7 +273,7 @@ def run_group(name: str, section: str, builder: Callable, specs: list[dict], ima
         row["speedup"] = ref_median / st["median_s"]
         if memory:
             row["memory"] = mem[s["impl"]] if cuda else measure_peak_memory(builder, s, device=device,
-                                                                            threads=threads)
+                                                                            threads=threads, preload=preload)
         rows.append(row)
     return rows
 
