@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # Opt-in long checks (not in CI): the pretraining hand-off comparison, ~12 minutes on 2 cores.
 test-slow: $(STAMP)
-	RESNET_DET_SLOW=1 $(VPY) -m pytest -q -rs tests/test_pretrain_handoff.py
+	RESNET_DET_SLOW=1 $(VPY) -m pytest -q -rs tests/projects/test_handoff_study.py
 
 bench: $(STAMP)
 	$(VPY) tools/benchmark.py --output benchmarks/results_cpu

@@ -6,13 +6,18 @@ setup(
     version="0.1.0",
     description="Deep Residual Learning (He et al., 2016) as a detection/localization toolkit",
     packages=find_packages(exclude=("tests", "tools", "configs")),
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # zip(..., strict=True) in evaluation/
     install_requires=[
-        # torch/torchvision: the stack pins 2.14.1 / 0.29.1 (Makefile installs them first);
-        # the lower bounds are what the code needs (torchvision.ops.FrozenBatchNorm2d, v2 RPN API).
-        "torch>=2.0",
-        "torchvision>=0.15",
+        # The stack pins torch 2.14.1 / torchvision 0.29.1 (the Makefile installs them first). Lower
+        # bounds from the public APIs the code calls: torch.onnx.export(dynamo=False) (2.5; export),
+        # torch.is_autocast_enabled(device_type) (2.4), torch.compiler.is_compiling and
+        # torch.amp.GradScaler("cuda") (2.3); torchvision 0.20 is torch 2.5's release. The private
+        # oneDNN/torchvision internals of the fast path are gated at run time by resnet_det/utils/compat.py
+        # (checked range 2.5 .. 2.14 / 0.20 .. 0.29; outside it the public ops run, with one log line).
+        "torch>=2.5,<3",
+        "torchvision>=0.20,<1",
         "fvcore>=0.1.5",
+        "tabulate>=0.9",  # ships with fvcore; imported directly (intfmt: 0.9)
         "pycocotools>=2.0.6",
         "opencv-python-headless>=4.7",
         "numpy>=1.23",

@@ -1,9 +1,24 @@
-
 import pytest
 import torch
 
 # Two cores: keep intra-op threads low so parallel test workers do not oversubscribe.
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU; `pytest -m cuda` runs only these (benchmarks/gpu_check.py on a lent "
+                   "GPU); skipped where CUDA is not available")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="CUDA is not available on this machine: the cuda subset runs on a GPU "
+                                   "(`pytest -m cuda`, benchmarks/gpu_check.py)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -18,5 +33,3 @@ def datasets_root(tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("RESNET_DET_DATASETS", str(root))
     return root
-
-

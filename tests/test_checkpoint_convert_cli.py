@@ -123,3 +123,17 @@ def test_strict_refuses_unmatched_keys(tmp_path, net, capsys):
     assert not (tmp_path / "x.pth").exists()
     code, out, _ = run_in_process(capsys, *args)
     assert code == 0 and "unmatched: extra.weight" in out and (tmp_path / "x.pth").exists()
+
+
+def test_whole_detector_of_another_architecture_is_refused(tmp_path, capsys):
+    from resnet_det.config import get_cfg
+    from resnet_det.modeling.detector import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RCNN-C4.yaml"))
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.ROI_HEADS.NUM_CLASSES", 3])
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "c4.pth")
+    code, _, err = run_in_process(capsys, "--input", tmp_path / "c4.pth", "--output", tmp_path / "x.pkl",
+                                  "--to", "detectron2", "--detector", "FPN")
+    assert code != 0 and "--detector FPN: the input is a C4 detector (resnet_det-C4)" in err
+    assert not (tmp_path / "x.pkl").exists()

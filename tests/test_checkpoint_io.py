@@ -7,10 +7,10 @@ import pytest
 import torch
 import torchvision
 
-from resnet_det.checkpoint import (atomic_write, check_meta, convert_state_dict, default_meta,
-                                   load_backbone_weights, meta_mismatches, read_checkpoint,
-                                   save_detectron2_pkl, save_resnet_det)
+from resnet_det.checkpoint import (check_meta, convert_state_dict, default_meta, load_backbone_weights,
+                                   meta_mismatches, read_checkpoint, save_detectron2_pkl, save_resnet_det)
 from resnet_det.config import get_cfg
+from resnet_det.utils.io import atomic_write
 
 
 @pytest.fixture(scope="module")

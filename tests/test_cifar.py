@@ -7,7 +7,7 @@ from torch import nn
 
 from resnet_det.modeling import cifar_plain, cifar_resnet
 from resnet_det.modeling.backbone.blocks import ZeroPadShortcut
-from resnet_det.utils.analysis import CIFAR_DEPTHS, PAPER, count_params
+from resnet_det.modeling.analysis import CIFAR_DEPTHS, PAPER, count_params
 
 
 def _hand_count(depth: int) -> int:

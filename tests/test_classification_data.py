@@ -11,7 +11,7 @@ from resnet_det.classification import (build_classification_test_loader, build_c
                                        compute_mean_image, load_cifar10, read_cifar_batch,
                                        register_classification_builtins, write_cifar_batch)
 from resnet_det.classification.cifar import write_cifar_meta
-from resnet_det.classification.transforms import center_crop, resize_shorter
+from resnet_det.classification.transforms import center_crop, resize_shorter, to_chw
 from resnet_det.config import get_cfg
 from resnet_det.data import DatasetCatalog, DatasetNotFoundError, make_classification_set, read_image
 
@@ -76,6 +76,43 @@ def test_cifar_split_and_catalog(datasets_root):
         assert len(DatasetCatalog.get("cifar10_test")) == 10
     finally:
         register_classification_builtins()
+
+
+def test_cifar_reader_reads_what_torchvision_reads(tmp_path, monkeypatch):
+    """Oracle: torchvision.datasets.CIFAR10 on the same files gives the same images, labels and class
+    names. Why we keep our reader: torchvision accepts only the published archive's files (md5 check),
+    reads str keys only (write_cifar_batch's bytes keys, as Python 3 sees the real files with
+    encoding="bytes", are a KeyError to it), and unpickles without restriction."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    from resnet_det.classification.cifar import read_label_names
+
+    def write(root, keys):
+        d = root / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+            n = 5 if name == "test_batch" else 12
+            data = _pattern(n, 12 * i).transpose(0, 3, 1, 2).reshape(n, -1)
+            with open(d / name, "wb") as f:
+                pickle.dump({keys("data"): data, keys("labels"): [(j + i) % 10 for j in range(n)]}, f, protocol=2)
+        with open(d / "batches.meta", "wb") as f:
+            pickle.dump({keys("label_names"): [keys(c) for c in "abcdefghij"]}, f, protocol=2)
+        return d
+
+    d = write(tmp_path / "str", str)
+    with pytest.raises(RuntimeError, match="not found or corrupted"):  # the md5 of the published files
+        tv_cifar.CIFAR10(str(d.parent), train=True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    for train, split in ((True, "trainval"), (False, "test")):
+        tv = tv_cifar.CIFAR10(str(d.parent), train=train)
+        images, labels = load_cifar10(str(d), split)
+        np.testing.assert_array_equal(images, tv.data)
+        assert labels.tolist() == tv.targets
+    assert tv.classes == read_label_names(str(d)) == list("abcdefghij")
+    d = write(tmp_path / "bytes", str.encode)
+    assert load_cifar10(str(d), "test")[1].tolist() == tv.targets
+    with pytest.raises(KeyError):
+        tv_cifar.CIFAR10(str(d.parent), train=False)
 
 
 def test_missing_data_sets_say_where_and_what(datasets_root):
@@ -161,8 +198,9 @@ def test_per_pixel_mean_image(tiny_set, tmp_path):
     cfg, _ = _cfg(tmp_path, tiny_set)
     mean = compute_mean_image(cfg)
     dicts, _ = load_image_folder(os.path.join(tiny_set, "train"))
-    expected = np.mean([center_crop(resize_shorter(read_image(d["file_name"]), 28), 24) for d in dicts], axis=0)
-    np.testing.assert_allclose(mean, expected.transpose(2, 0, 1), rtol=1e-5)
+    expected = np.mean([center_crop(to_chw(resize_shorter(read_image(d["file_name"]), 28)), 24).numpy()
+                        for d in dicts], axis=0)
+    np.testing.assert_allclose(mean, expected, rtol=1e-5)
     cached = [f for f in os.listdir(tmp_path) if f.startswith("mean_image_")]
     assert len(cached) == 1
     np.testing.assert_array_equal(compute_mean_image(cfg), mean)  # read back from the cache

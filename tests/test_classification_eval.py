@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from resnet_det.classification import Classifier, build_classification_test_loader, build_classifier
 from resnet_det.classification.data import load_image_folder
 from resnet_det.classification.model import resize_shorter_tensor
-from resnet_det.classification.transforms import resize_shorter, ten_crops
+from resnet_det.classification.transforms import resize_shorter, ten_crops, to_chw
 from resnet_det.config import get_cfg
 from resnet_det.data import DatasetCatalog, make_classification_set, read_image
 from resnet_det.evaluation import ClassificationEvaluator, inference_on_dataset
@@ -72,7 +72,7 @@ def test_ten_crop_evaluation_averages_softmax_over_the_crops(val_set):
     scores = []
     for d in dicts:  # oracle: each of the 10 crops through the bare net, softmax, mean
         img = resize_shorter(read_image(d["file_name"]), 36)
-        crops = [c.transpose(2, 0, 1) for c in ten_crops(img, 32)]
+        crops = ten_crops(to_chw(img), 32)
         scores.append(torch.stack([F.softmax(_logits(model, c), 0) for c in crops]).mean(0))
     top1, top2 = _expected_errors(scores, [d["label"] for d in dicts])
     assert results["top1_err"] == pytest.approx(top1) and results["top2_err"] == pytest.approx(top2)
@@ -81,11 +81,11 @@ def test_ten_crop_evaluation_averages_softmax_over_the_crops(val_set):
     with torch.no_grad():
         out = model(x)
     img = resize_shorter(read_image(dicts[1]["file_name"]), 36)
-    expected = torch.stack([_logits(model, c.transpose(2, 0, 1)) for c in ten_crops(img, 32)])
+    expected = torch.stack([_logits(model, c) for c in ten_crops(to_chw(img), 32)])
     torch.testing.assert_close(out[1], expected, rtol=1e-4, atol=1e-4)
     # And the crops are not all alike: averaging matters (the center crop alone scores differently).
-    center = torch.stack([_logits(model, c.transpose(2, 0, 1)) for c in
-                          ten_crops(resize_shorter(read_image(dicts[0]["file_name"]), 36), 32)])
+    center = torch.stack([_logits(model, c) for c in
+                          ten_crops(to_chw(resize_shorter(read_image(dicts[0]["file_name"]), 36)), 32)])
     assert (center - center[4]).abs().max() > 1e-3
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torchvision
 
+from resnet_det.checkpoint import adopt_weight_conventions, load_model_weights
 from resnet_det.config import get_cfg
-from resnet_det.engine import DefaultPredictor, load_model_weights
-from resnet_det.engine.checkpoint import adopt_weight_conventions
+from resnet_det.engine import DefaultPredictor
 from resnet_det.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from resnet_det.modeling.detector import build_model
 from resnet_det.utils.benchmark import pretrained_like_norms
@@ -161,8 +161,7 @@ def test_detector_checkpoint_with_other_num_classes_reinitialises_predictor(tmp_
 def test_weight_conventions_adopted_with_a_log_line(tmp_path, caplog):
     path = tmp_path / "tv.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    cfg = tiny_c4(18)
-    assert cfg.INPUT.FORMAT == "BGR"
+    cfg = tiny_c4(18, "INPUT.FORMAT", "BGR")  # the C4 configs ship in torchvision's RGB: make it differ
     with caplog.at_level(logging.WARNING):
         changed = adopt_weight_conventions(cfg, str(path))
     assert cfg.INPUT.FORMAT == "RGB" and "INPUT.FORMAT" in changed
@@ -230,3 +229,19 @@ def test_every_depth_builds_c4_and_fpn_with_matching_res5_head(depth):
     assert head[0].conv1.in_channels == body.output_shape()["res4"].channels
     fpn = build_model(make_cfg("Base-RCNN-FPN.yaml", "MODEL.RESNETS.DEPTH", depth, "MODEL.ROI_HEADS.NUM_CLASSES", 3))
     assert set(fpn.backbone.output_shape()) == {"p2", "p3", "p4", "p5", "p6"}
+
+
+def test_other_architectures_are_pointed_to_builders_that_exist():
+    """build_model refuses a classifier/localizer config and names the builders to use: they must exist."""
+    import importlib
+    import re
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "Classifier"
+    with pytest.raises(ValueError, match="MODEL.META_ARCHITECTURE='Classifier'") as info:
+        build_model(cfg)
+    named = re.findall(r"resnet_det(?:\.\w+)+", str(info.value))
+    assert named
+    for path in named:
+        module, name = path.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), name, None)), f"{path} does not exist"

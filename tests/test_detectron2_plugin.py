@@ -1,5 +1,6 @@
 """The detectron2 plugin. Its detectron2-free half (config keys, cfg -> ResNet arguments, the shipped
 configs) is tested always; what needs detectron2 runs only where detectron2 is importable."""
+import ast
 import glob
 import importlib
 import importlib.util
@@ -10,7 +11,7 @@ import torch
 from fvcore.common.config import CfgNode as CN
 
 from resnet_det.config import get_cfg
-from resnet_det.integrations import RESNET_DET_D2_DEFAULTS, add_resnet_det_config, d2_resnet_kwargs
+from resnet_det.integrations import RESNET_DET_D2_DEFAULTS, add_resnet_det_config, choose_d2_device, d2_resnet_kwargs
 from resnet_det.modeling.backbone.resnet import ARCHS, ResNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,12 +138,30 @@ def test_every_shipped_detectron2_config_is_tested():
     assert shipped == tested
 
 
+@pytest.mark.parametrize("has_cuda,opts,expected", [(False, [], "cpu"), (False, ["MODEL.DEVICE", "cuda"], "cuda"),
+                                                    (True, [], "cuda")])
+def test_d2_device_is_the_cpu_without_cuda_unless_asked(monkeypatch, has_cuda, opts, expected):
+    """detectron2's default MODEL.DEVICE "cuda" on a CPU-only machine ("Found no NVIDIA driver")."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_cuda)
+    cfg = d2_like_cfg()
+    cfg.MODEL.DEVICE = "cuda"  # detectron2/config/defaults.py
+    assert choose_d2_device(cfg, opts) == expected and cfg.MODEL.DEVICE == expected
+
+
+def test_d2_train_net_chooses_the_device_after_merging_before_freezing():
+    """tools/d2_train_net.py imports detectron2 at module level, so read its setup() instead of running it."""
+    tree = ast.parse(open(os.path.join(ROOT, "tools", "d2_train_net.py")).read())
+    setup = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "setup")
+    calls = [ast.unparse(n.value.func) for n in setup.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
+    assert calls.index("cfg.merge_from_list") < calls.index("choose_d2_device") < calls.index("cfg.freeze"), calls
+
+
 @pytest.mark.skipif(HAS_D2, reason="detectron2 is installed: the import succeeds")
 def test_import_without_detectron2_says_how_to_install():
     with pytest.raises(ImportError) as e:
         importlib.import_module("resnet_det.integrations.detectron2")
     text = str(e.value)
-    assert "pip install 'git+https://github.com/facebookresearch/detectron2.git'" in text
+    assert "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'" in text
     assert "README" in text
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 from resnet_det.config import get_cfg, validate_cfg
-from resnet_det.engine.solver import lr_factor, scale_schedule
+from resnet_det.engine.solver import lr_schedule, scale_schedule
 from resnet_det.modeling.detector import build_model
 
 from engine_utils import DEMO_CONFIG, REPO, TINY_OPTS, make_tiny_shapes, run_train_net
@@ -37,6 +37,20 @@ def test_bad_values_and_renamed_keys_are_clear(tmp_path):
     assert "renamed to 'MODEL.RESNETS.STRIDE_IN_1X1'" in err
     err = _error_text(run_train_net(["--config-file", DEMO_CONFIG, "SOLVER.MAX_ITER", "many"], str(tmp_path)))
     assert "SOLVER.MAX_ITER" in err
+
+
+def test_saved_config_merges_back_into_the_defaults(tmp_path):
+    """OUTPUT_DIR/config.yaml (cfg.dump()) is a config file: tuples dump as YAML lists, and merging it into
+    fresh defaults gives the same config, every key and value."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "frcnn_r101_coco.yaml"))
+    cfg.merge_from_list(["SOLVER.STEPS", (10, 20), "INPUT.MIN_SIZE_TRAIN", (480, 512)])
+    text = cfg.dump()
+    assert "!!python" not in text and "STEPS:\n  - 10\n  - 20" in text
+    (tmp_path / "config.yaml").write_text(text)
+    again = get_cfg()
+    again.merge_from_file(str(tmp_path / "config.yaml"))
+    assert again == cfg and again.dump() == text
 
 
 def test_missing_dataset_is_one_paragraph(tmp_path):
@@ -102,8 +116,9 @@ def test_batch_scaling_of_lr_and_schedule():
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.001 / 4)
     assert cfg.SOLVER.MAX_ITER == 320000 * 4 and tuple(cfg.SOLVER.STEPS) == (240000 * 4,)
     cfg.SOLVER.WARMUP_ITERS = 100
-    assert lr_factor(cfg, 0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
-    assert lr_factor(cfg, 100) == 1.0 and lr_factor(cfg, 240000 * 4) == pytest.approx(0.1)
+    factor = lr_schedule(cfg)
+    assert factor(0) == pytest.approx(cfg.SOLVER.WARMUP_FACTOR)
+    assert factor(100) == 1.0 and factor(240000 * 4) == pytest.approx(0.1)
 
 
 def test_runs_under_torchrun(tmp_path, shapes_root):
@@ -119,3 +134,61 @@ def test_runs_under_torchrun(tmp_path, shapes_root):
                          env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "world size 2" in res.stdout and "All 2 ranks hold identical weights" in res.stdout
+
+
+def test_paper_coco_detector_settings_reach_the_model():
+    """configs/frcnn_r101_coco.yaml is Appendix A's detector: ResNet-101 C4, 300 test proposals per image
+    pooled 14x14 from res4 into a res5 head, (K+1)-way scores and 4 box numbers per class (torchvision
+    counts background among the K+1, so 4(K+1)), and the COCO schedule: lr 0.001 for 240k iterations
+    then 0.0001 for 80k, 8 images per batch. Checked on the built model with a tiny image."""
+    import torch
+
+    from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "frcnn_r101_coco.yaml"))
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, tuple(cfg.INPUT.MIN_SIZE_TRAIN)) == (600, 1000, (600,))
+    s = cfg.SOLVER
+    assert (s.IMS_PER_BATCH, s.BASE_LR, tuple(s.STEPS), s.MAX_ITER, s.GAMMA) == (8, 0.001, (240000,), 320000, 0.1)
+    scale_schedule(cfg)  # no-op at the reference batch of 8
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER) == (0.001, 320000)
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", 256,
+                         "INPUT.MAX_SIZE_TEST", 320])
+    model = build_model(cfg).eval()
+    lrs = build_lr_scheduler(cfg, build_optimizer(cfg, model)).lr_lambdas[0]
+    for it, lr in ((cfg.SOLVER.WARMUP_ITERS, 0.001), (239999, 0.001), (240000, 0.0001), (319999, 0.0001)):
+        assert cfg.SOLVER.BASE_LR * lrs(it) == pytest.approx(lr), it
+    # res5 is the per-region head, not part of the shared backbone (stride 16, res4 out).
+    body = model.backbone.body
+    assert [len(body.layer1), len(body.layer2), len(body.layer3)] == [3, 4, 23] and not hasattr(body, "layer4")
+    res5 = model.roi_heads.box_head.res5
+    assert len(res5) == 3 and res5[0].stride == 2 and res5[-1].out_channels == 2048
+    predictor = model.roi_heads.box_predictor
+    assert (predictor.cls_score.out_features, predictor.bbox_pred.out_features) == (81, 4 * 81)
+
+    seen = {}
+
+    class Reached(Exception):
+        pass
+
+    def pooler_inputs(module, args):
+        seen["proposals"] = [len(p) for p in args[1]]
+
+    def head_input(module, args):  # stop here: res5 on 300 regions of R101 takes ~10 s on one core
+        seen["pooled"] = tuple(args[0].shape)
+        raise Reached
+
+    with torch.no_grad():  # random R101 features are ~1e5: proposals = the anchors, not degenerate boxes
+        model.rpn.head.bbox_pred.weight.zero_()
+    model.roi_heads.box_roi_pool.register_forward_pre_hook(pooler_inputs)
+    handle = model.roi_heads.box_head.register_forward_pre_hook(head_input)
+    image = torch.randint(0, 255, (3, 256, 320), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), pytest.raises(Reached):
+        model([{"image": image}])
+    assert seen == {"proposals": [300], "pooled": (300, 1024, 14, 14)}
+    handle.remove()
+    with torch.inference_mode():  # one region through the head: 14x14 -> res5 (stride 2) 7x7 -> pool
+        regions = torch.randn(1, 1024, 14, 14)
+        assert res5(regions).shape == (1, 2048, 7, 7)
+        scores, deltas = predictor(model.roi_heads.box_head(regions))
+    assert scores.shape == (1, 81) and deltas.shape == (1, 324)

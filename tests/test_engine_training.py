@@ -84,7 +84,7 @@ def test_resume_skips_corrupt_newest_checkpoint(shapes_root, tmp_path, caplog):
 
 
 def test_atomic_save_never_replaces_good_file_on_failure(tmp_path, monkeypatch):
-    from resnet_det.engine import checkpoint as ck
+    from resnet_det.utils import io as ck
 
     path = str(tmp_path / "model.pth")
     ck.atomic_save({"x": torch.ones(2)}, path)
@@ -148,7 +148,19 @@ def test_loss_spike_is_clipped_not_fatal(shapes_root, tmp_path):
             return model
 
     t = Spike(tiny_cfg(str(tmp_path), "SOLVER.MAX_ITER", 2, "DATASETS.TEST", "()", "SOLVER.CLIP_GRADIENTS", 1.0))
+    applied = []  # the global gradient norm each optimizer step actually uses
+
+    def grad_norm_at_step(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    t.optimizer.register_step_pre_hook(grad_norm_at_step)
     t.train()
+    raw = [x["grad_norm"] for x in map(json.loads, open(os.path.join(str(tmp_path), "metrics.json")))
+           if "grad_norm" in x]  # logged before clipping
+    assert len(raw) == len(applied) == 2
+    assert all(r > 100 for r in raw)  # the spike is far above SOLVER.CLIP_GRADIENTS
+    assert applied == pytest.approx([1.0, 1.0], rel=1e-4)  # and the steps used gradients clipped to it
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
 
 
@@ -175,3 +187,27 @@ def test_sigterm_writes_checkpoint_and_resume_finishes(shapes_root, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Resumed from" in res.stdout and f"at iteration {it}" in res.stdout
     assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
+
+
+def test_cudnn_benchmark_follows_the_config_in_every_tool(tmp_path, monkeypatch):
+    """default_setup (what every tool runs, --eval-only included) sets cudnn.benchmark from CUDNN_BENCHMARK,
+    as the Trainer does, instead of switching it on wherever CUDA is."""
+    import argparse
+    import logging
+
+    from resnet_det.config import get_cfg
+    from resnet_det.engine.defaults import default_setup
+
+    logger = logging.getLogger("resnet_det")
+    saved = list(logger.handlers), logger.propagate, logger.level
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # restored afterwards
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR, cfg.CUDNN_BENCHMARK = str(tmp_path), False
+    try:
+        default_setup(cfg, argparse.Namespace())
+        assert torch.backends.cudnn.benchmark is False
+    finally:  # default_setup configures the resnet_det logger for a tool; give the test session its own back
+        for h in logger.handlers:
+            h.close()
+        logger.handlers[:], logger.propagate, logger.level = saved

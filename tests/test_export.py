@@ -76,7 +76,7 @@ def test_detector_round_trip(tmp_path, kind, fmt):
     eager = ModelPredictor(model, cfg.INPUT.FORMAT, ["a", "b", "c"])(image)
     exported = ExportedModel(path).predict(image)
     # TorchScript runs the same kernels except RoIAlign: eager pools with the gather RoIAlign
-    # (MODEL.FAST_ROI_ALIGN), the trace records torchvision's op; they agree to float rounding.
+    # (MODEL.ROI_BOX_HEAD.POOLER_IMPL "gather"), the trace records torchvision's op; they agree to float rounding.
     tight = fmt == "torchscript"
     assert_same_detections(eager, exported, 1e-3 if tight else 1e-2, 1e-6 if tight else 1e-4)
     assert exported["boxes"].dtype == np.float32 and exported["classes"].dtype == np.int64
@@ -110,9 +110,11 @@ def test_classifier_round_trip_against_torchvision(tmp_path, fmt):
                 m.running_var.uniform_(0.5, 2.0)
     path, meta = export_model(cfg, fmt, str(tmp_path), model=model)
     assert meta["verification"]["passed"] and meta["size_rules"]["crop_size"] == 64
+    assert (meta["depth"], meta["variant"], meta["num_classes"], meta["mean_mode"]) == (18, "imagenet", 7,
+                                                                                        "per_channel")
 
     tv = torchvision.models.resnet18(num_classes=7).eval()
-    tv.load_state_dict(model.state_dict())  # same names as torchvision (DESIGN.md)
+    tv.load_state_dict(model.net.state_dict())  # same names as torchvision (DESIGN.md)
     image = generated_image(90, 120, seed=3)
     batch = preprocess(image, meta)  # RGB 1x3x64x64 uint8
     assert batch.shape == (1, 3, 64, 64) and batch.dtype == np.uint8

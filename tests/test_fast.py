@@ -1,4 +1,4 @@
-"""Fast paths (resnet_det.modeling.fast) give the plain path's outputs and gradients within float
+"""Fast paths (resnet_det.modeling.fusion / speed) give the plain path's outputs and gradients within float
 tolerance: FrozenBN/BN folding, channels_last, through the detector's config switches."""
 import copy
 import io
@@ -12,10 +12,11 @@ from torchvision.ops import FrozenBatchNorm2d
 from resnet_det.config import get_cfg
 from resnet_det.modeling.backbone.resnet import ResNet
 from resnet_det.modeling.detector import build_model
-from resnet_det.modeling import fast as fast_module
+from resnet_det.engine.meter import DeviceMeter
+from resnet_det.modeling import fusion, speed
 from resnet_det.modeling.detector.pooling import FastMultiScaleRoIAlign
-from resnet_det.modeling.fast import (DeviceMeter, FoldedConv2d, apply_fast_path, fold_frozen_bn, to_channels_last,
-                                      unfold_frozen_bn)
+from resnet_det.modeling.fusion import FoldedConv2d, fuse_conv_bn_relu, unfuse_conv_bn_relu
+from resnet_det.modeling.speed import apply_fast_path, to_channels_last
 from resnet_det.utils.benchmark import pretrained_like_norms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,18 +42,18 @@ def test_fold_counts_and_keeps_state_dict(depth, pairs):
     # ResNet-18: stem + 8 blocks x 2 convs + 3 projections; ResNet-50: stem + 16 x 3 + 4 (Table 1).
     model = net(depth)
     keys = {k: v.clone() for k, v in model.state_dict().items()}
-    assert fold_frozen_bn(model) == pairs
+    assert fuse_conv_bn_relu(model) == pairs
     assert sum(isinstance(m, FoldedConv2d) for m in model.modules()) == pairs
     after = model.state_dict()
     assert list(after) == list(keys) and all(torch.equal(after[k], keys[k]) for k in keys)
-    assert fold_frozen_bn(model) == 0  # already folded: nothing left to fold
+    assert fuse_conv_bn_relu(model) == 0  # already folded: nothing left to fold
 
 
 def test_folded_forward_equals_torchvision():
     tv = pretrained_like_norms(torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d, num_classes=10)).eval()
     ours = ResNet(18, norm="FrozenBN", num_classes=10)
     ours.load_state_dict(tv.state_dict())
-    fold_frozen_bn(ours)
+    fuse_conv_bn_relu(ours)
     with torch.inference_mode():
         ref, out = tv(x()), ours(x())
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
@@ -60,7 +61,7 @@ def test_folded_forward_equals_torchvision():
 
 def test_folded_training_gradients_and_steps_match_plain():
     plain, fast = net(18), net(18)
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (plain, fast)]
     for step in range(3):
         for m, opt in zip((plain, fast), opts):
@@ -77,12 +78,12 @@ def test_folded_training_gradients_and_steps_match_plain():
 
 def test_frozen_stage_in_training_uses_cache_and_still_backprops():
     plain, fast = net(18, freeze_at=2), net(18, freeze_at=2)
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     for m in (plain, fast):
         m(x()).sum().backward()
     conv1 = fast.conv1
-    assert isinstance(conv1, FoldedConv2d) and conv1._fold_cache is not None  # frozen stem: cached fold
-    assert fast.layer3[0].conv1._fold_cache is None  # trainable: folded on the fly, with gradients
+    assert isinstance(conv1, FoldedConv2d) and conv1._fold_cache.value is not None  # frozen stem: cached fold
+    assert fast.layer3[0].conv1._fold_cache.value is None  # trainable: folded on the fly, with gradients
     for (n, p), q in zip(plain.named_parameters(), fast.parameters()):
         if p.requires_grad:
             assert_rel_close(q.grad, p.grad, msg=n)
@@ -90,7 +91,7 @@ def test_frozen_stage_in_training_uses_cache_and_still_backprops():
 
 def test_batchnorm_folds_only_in_eval_and_tracks_new_statistics():
     plain, fast = net(18, norm="BN"), net(18, norm="BN")
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     with torch.no_grad():
         torch.testing.assert_close(fast.eval()(x()), plain.eval()(x()), rtol=1e-4, atol=1e-4)
         # Training mode: batch statistics (no fold), and the running statistics update alike.
@@ -102,12 +103,12 @@ def test_batchnorm_folds_only_in_eval_and_tracks_new_statistics():
 
 def test_load_state_dict_after_fold_and_unfold():
     fast, other = net(18), pretrained_like_norms(net(18), seed=5)
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     with torch.no_grad():
         fast.eval()(x())  # fill the cache with the old weights
         fast.load_state_dict(other.state_dict())
         torch.testing.assert_close(fast(x()), other.eval()(x()), rtol=1e-4, atol=1e-4)
-        assert unfold_frozen_bn(fast) == 20
+        assert unfuse_conv_bn_relu(fast) == 20
         assert not any(isinstance(m, FoldedConv2d) for m in fast.modules())
         assert type(fast.bn1) is FrozenBatchNorm2d
         torch.testing.assert_close(fast(x()), other(x()), rtol=1e-4, atol=1e-4)
@@ -115,7 +116,7 @@ def test_load_state_dict_after_fold_and_unfold():
 
 def test_deepcopy_and_save_keep_their_own_norms():
     fast = net(18).eval()
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     clone = copy.deepcopy(fast)
     assert clone.conv1._fold_norm is clone.bn1 and clone.bn1 is not fast.bn1
     buf = io.BytesIO()
@@ -131,7 +132,7 @@ def test_deepcopy_and_save_keep_their_own_norms():
 
 def test_channels_last_and_jit_trace_equal():
     plain, fast = net(18).eval(), net(18).eval()
-    fold_frozen_bn(fast)
+    fuse_conv_bn_relu(fast)
     fast = fast.to(memory_format=torch.channels_last)
     with torch.no_grad():
         ref = plain(x())
@@ -149,17 +150,17 @@ def nhwc(t):
 def test_fused_blocks_equal_the_blocks_own_forward(monkeypatch, depth, kw):
     """CPU NHWC inference: each folded conv runs with its ReLU and the residual addition in one oneDNN
     call, on weights packed once; the oracle is the same model with the blocks' own forward."""
-    if fast_module._POINTWISE_CONV is None:
+    if fusion._pointwise_conv_op() is None:
         pytest.skip("this PyTorch build has no oneDNN")
     fused = to_channels_last(net(depth, **kw).eval())
-    fold_frozen_bn(fused)
-    assert isinstance(fused.layer1[0], fast_module._FusedBlockMixin)
+    fuse_conv_bn_relu(fused)
+    assert isinstance(fused.layer1[0], fusion._FusedBlockMixin)
     oracle = copy.deepcopy(fused)
-    unfold_frozen_bn(oracle)
-    assert not any(isinstance(m, fast_module._FusedBlockMixin) for m in oracle.modules())
+    unfuse_conv_bn_relu(oracle)
+    assert not any(isinstance(m, fusion._FusedBlockMixin) for m in oracle.modules())
     calls = []
-    real = fast_module._conv_relu
-    monkeypatch.setattr(fast_module, "_conv_relu", lambda *a: calls.append(1) or real(*a))
+    real = fusion._conv_relu
+    monkeypatch.setattr(fusion, "_conv_relu", lambda *a: calls.append(1) or real(*a))
     convs_in_blocks = sum(isinstance(m, FoldedConv2d) and n.split(".")[-1].startswith("conv")
                           for n, m in fused.named_modules() if n.startswith("layer"))
     with torch.inference_mode():
@@ -184,18 +185,21 @@ def test_fused_blocks_equal_the_blocks_own_forward(monkeypatch, depth, kw):
 
 def test_fused_blocks_fall_back_where_they_must(monkeypatch):
     fused = to_channels_last(net(18).eval())
-    fold_frozen_bn(fused)
+    fuse_conv_bn_relu(fused)
     calls = []
-    real = fast_module._conv_relu
-    monkeypatch.setattr(fast_module, "_conv_relu", lambda *a: calls.append(1) or real(*a))
+    real = fusion._conv_relu
+    monkeypatch.setattr(fusion, "_conv_relu", lambda *a: calls.append(1) or real(*a))
     oracle = net(18).eval()
     with torch.no_grad():
         ref = oracle(x())
         # NCHW input: the stem's NHWC weights make its output NHWC, so the blocks may fuse.
         torch.testing.assert_close(fused(x()), ref, rtol=1e-4, atol=1e-4)
         calls.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fused(nhwc(x()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN's fused call would run float32
+            out = fused(nhwc(x()))
+            fused.layer1(nhwc(torch.randn(2, 64, 16, 16)))  # float32 NHWC input: fusable but for autocast
+        assert out.dtype == torch.bfloat16 and not calls  # autocast applied; no float32-only fused call
+        assert_rel_close(out.float(), ref, tol=3e-2, msg="bfloat16 autocast")  # bf16: 8-bit mantissa
         seen = []
         handle = fused.layer1[0].conv2.register_forward_hook(lambda *a: seen.append(1))
         fused(nhwc(x()))  # a hook on a block's conv still fires: that block runs unfused
@@ -209,7 +213,7 @@ def test_fused_blocks_fall_back_where_they_must(monkeypatch):
     fused(inp).sum().backward()
     assert inp.grad is not None and fused.layer1[0].conv1.weight.grad is not None
     assert not calls
-    if fast_module._POINTWISE_CONV is not None:  # frozen blocks (FREEZE_AT) fuse in training too
+    if fusion._pointwise_conv_op() is not None:  # frozen blocks (FREEZE_AT) fuse in training too
         fused.train()
         for m in (fused.conv1, fused.bn1, fused.layer1):  # FREEZE_AT 2: stem and res2
             for p in m.parameters():
@@ -240,9 +244,9 @@ def batch():
 @pytest.mark.parametrize("base,head", [("Base-RCNN-FPN.yaml", None), ("Base-RCNN-C4.yaml", "res5")])
 def test_detector_switches_equal_outputs_and_losses(base, head):
     models = {}
-    for name, opts in {"plain": ["MODEL.FUSE_FROZEN_BN", False, "MODEL.FAST_ROI_ALIGN", False],
-                       "fast": ["MODEL.FUSE_FROZEN_BN", True, "MODEL.CHANNELS_LAST", True,
-                                "MODEL.FAST_ROI_ALIGN", True]}.items():
+    for name, opts in {"plain": ["MODEL.FUSE_CONV_BN_RELU", False, "MODEL.ROI_BOX_HEAD.POOLER_IMPL", "torchvision"],
+                       "fast": ["MODEL.FUSE_CONV_BN_RELU", True, "MODEL.CHANNELS_LAST", True,
+                                "MODEL.ROI_BOX_HEAD.POOLER_IMPL", "gather"]}.items():
         torch.manual_seed(0)
         models[name] = build_model(detector_cfg(base, *opts))
     plain, fast = models["plain"], models["fast"]
@@ -272,12 +276,42 @@ def test_detector_switches_equal_outputs_and_losses(base, head):
         torch.testing.assert_close(losses["fast"][k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_compile_switch_runs_and_keeps_outputs(monkeypatch):
+    """MODEL.COMPILE through build_model: dynamo captures the folded backbone and the detections equal
+    the plain model's. Backend aot_eager (dynamo + AOTAutograd tracing, no code generation): inductor's
+    C++ compilation of this backbone takes about two minutes on the 2-core test machine."""
+    graphs = []
+
+    def aot_eager_counting(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.registry.lookup_backend("aot_eager")(gm, example_inputs)
+
+    real = speed.compile_backbone
+    monkeypatch.setattr(speed, "compile_backbone", lambda m, **kw: real(m, backend=aot_eager_counting))
+    torch._dynamo.reset()
+    plain = pretrained_like_norms(build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_CONV_BN_RELU", False)))
+    compiled = build_model(detector_cfg("Base-RCNN-FPN.yaml", "MODEL.COMPILE", True))
+    compiled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for m in (plain, compiled):
+            m.roi_heads.box_predictor.cls_score.bias[1:] += 4.0  # so that random weights detect boxes
+    try:
+        with torch.no_grad():
+            ref, out = (m.eval()([{"image": batch()[0]["image"]}])[0]["instances"] for m in (plain, compiled))
+    finally:
+        torch._dynamo.reset()
+    assert graphs, "the backbone was not compiled"
+    assert len(ref["boxes"]) > 0 and out["boxes"].shape == ref["boxes"].shape
+    torch.testing.assert_close(out["boxes"], ref["boxes"], atol=1e-2, rtol=0)
+    torch.testing.assert_close(out["scores"], ref["scores"], atol=1e-4, rtol=0)
+
+
 def test_apply_fast_path_switches_and_compile_keeps_keys():
-    cfg = detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_FROZEN_BN", False)
+    cfg = detector_cfg("Base-RCNN-FPN.yaml", "MODEL.FUSE_CONV_BN_RELU", False)
     model = build_model(cfg)
     keys = list(model.state_dict())
     cfg.defrost()
-    cfg.MODEL.FUSE_FROZEN_BN, cfg.MODEL.CHANNELS_LAST, cfg.MODEL.COMPILE = True, True, True
+    cfg.MODEL.FUSE_CONV_BN_RELU, cfg.MODEL.CHANNELS_LAST, cfg.MODEL.COMPILE = True, True, True
     model = apply_fast_path(model, cfg)  # compiles lazily: nothing runs here
     assert list(model.state_dict()) == keys
     assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
@@ -317,3 +351,48 @@ def test_every_builder_applies_channels_last_itself():
         conv1 = getattr(model, "backbone", None)
         weight = (conv1.body.conv1 if conv1 is not None else model.conv1).weight
         assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_private_internals_outside_checked_versions_fall_back_once(monkeypatch, caplog):
+    """A newer torch (or a torchvision without the private pooler functions) runs the public ops:
+    same outputs, one log line, no oneDNN fused calls, torchvision's MultiScaleRoIAlign."""
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops import poolers
+
+    from resnet_det.utils import compat
+
+    assert compat.private_internals_ok()  # the pinned stack is inside the checked range
+    calls = []
+    real = fusion._conv_relu
+    monkeypatch.setattr(fusion, "_conv_relu", lambda *a: calls.append(1) or real(*a))
+    for patch, reason in ((lambda m: m.setattr(torch, "__version__", "2.15.0"), "torch 2.15.0 is outside"),
+                          (lambda m: m.delattr(poolers, "_setup_scales"), "has no _setup_scales")):
+        with monkeypatch.context() as m:
+            patch(m)
+            m.setattr(compat, "_verdict", None)  # decide again, as a fresh process would
+            caplog.clear()
+            fused, plain = to_channels_last(net(50).eval()), net(50).eval()
+            fuse_conv_bn_relu(fused)
+            with torch.no_grad():
+                for _ in range(2):
+                    torch.testing.assert_close(fused(nhwc(x())), plain(x()), rtol=1e-4, atol=1e-4)
+            model = build_model(detector_cfg("Base-RCNN-FPN.yaml"))
+            assert type(model.roi_heads.box_roi_pool) is MultiScaleRoIAlign
+            assert not calls
+            logged = [r.getMessage() for r in caplog.records if "Fast path" in r.getMessage()]
+            assert len(logged) == 1 and reason in logged[0], logged
+    monkeypatch.setattr(compat, "_verdict", None)
+    assert compat.private_internals_ok()  # and back on the real stack
+
+
+def test_setup_bounds_agree_with_the_private_internals_gate():
+    """setup.py's lowest torch/torchvision is where the gate's checked range starts (one minimum)."""
+    import re
+
+    from resnet_det.utils.compat import VERIFIED_VERSIONS
+
+    text = open(os.path.join(REPO, "setup.py")).read()
+    for lib in ("torch", "torchvision"):
+        low = re.search(rf'"{lib}>=(\d+)\.(\d+)', text)
+        assert low and (int(low[1]), int(low[2])) == VERIFIED_VERSIONS[lib][0], lib
+    assert 'python_requires=">=3.10"' in text  # zip(strict=True) needs 3.10

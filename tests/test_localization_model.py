@@ -5,11 +5,11 @@ import torch
 import torchvision
 from torchvision.ops import box_iou
 
+from resnet_det.checkpoint import load_model_weights
 from resnet_det.config import get_cfg
 from resnet_det.evaluation import LocalizationEvaluator
 from resnet_det.modeling.backbone import ResNet
-from resnet_det.localization import (Localizer, PerClassRPNHead, build_localizer, cell_anchors, grid_anchors,
-                                     load_localizer_weights)
+from resnet_det.localization import Localizer, PerClassRPNHead, build_localizer, cell_anchors, grid_anchors
 
 K = 4  # classes in the tiny models here
 
@@ -166,7 +166,7 @@ def test_load_classification_checkpoint(tmp_path):
     tv.fc.bias.data.uniform_()
     path = str(tmp_path / "cls.pth")
     torch.save({"model": {f"net.{k}": v for k, v in tv.state_dict().items()}}, path)  # a Classifier wrapper
-    report = load_localizer_weights(model, path)
+    report = load_model_weights(model, path)
     for k, v in tv.state_dict().items():
         assert torch.equal(model.net.state_dict()[k], v), k
     assert not report["unused"] and not report["reinitialized"]
@@ -177,7 +177,7 @@ def test_load_classification_checkpoint(tmp_path):
     tv1000 = torchvision.models.resnet18()
     torch.save(tv1000.state_dict(), path)
     fc_before = model.net.fc.weight.clone()
-    report = load_localizer_weights(model, path)
+    report = load_model_weights(model, path)
     assert torch.equal(model.net.fc.weight, fc_before)
     assert torch.equal(model.net.layer3[1].conv2.weight, tv1000.layer3[1].conv2.weight)
     assert sorted(r.split()[0] for r in report["reinitialized"]) == ["net.fc.bias", "net.fc.weight"]
@@ -188,14 +188,14 @@ def test_load_classification_checkpoint(tmp_path):
     d2, _ = convert_state_dict(tv.state_dict(), "torchvision", "detectron2")
     torch.save(d2, path)
     model2 = build_localizer(tiny_cfg())
-    report = load_localizer_weights(model2, path)
+    report = load_model_weights(model2, path)
     assert torch.equal(model2.net.layer2[0].downsample[1].running_var, tv.layer2[0].downsample[1].running_var)
     assert torch.equal(model2.net.conv1.weight, tv.conv1.weight)
 
     # A Localizer checkpoint loads whole, head included.
     torch.save({"model": model.state_dict()}, path)
     model3 = build_localizer(tiny_cfg())
-    report = load_localizer_weights(model3, path)
+    report = load_model_weights(model3, path)
     assert not report["missing"] and not report["unused"]
     assert torch.equal(model3.head.bbox_pred.weight, model.head.bbox_pred.weight)
 

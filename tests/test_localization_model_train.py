@@ -101,7 +101,7 @@ def test_trainer_initialises_from_classification_weights(tiny_set, tmp_path):
     assert torch.equal(trainer.model.net.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
     assert sorted(r.split()[0] for r in trainer.weights_report["reinitialized"]) == ["net.fc.bias", "net.fc.weight"]
     torch.save({"x.y": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="is a ResNet parameter name in any known convention"):
+    with pytest.raises(ValueError, match=r"r18.pth \(backbone weights\) matches none of the model's"):
         LocalizerTrainer(cfg).resume_or_load(resume=False)
 
 

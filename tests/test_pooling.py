@@ -121,3 +121,20 @@ def test_fc_head_reads_channels_last_features_like_torchvision_two_mlp_head():
     with torch.inference_mode():
         torch.testing.assert_close(head(nhwc), oracle(x), **TOL)
         torch.testing.assert_close(head(x), oracle(x), **TOL)  # NCHW input: the plain path
+
+
+def test_fc_head_cache_sees_edits_through_data():
+    """fc6's NHWC-ordered weight is cached by value, as the folded conv weights are: a write through
+    `.data` (which no version counter records) after a first eval forward reaches the next forward."""
+    torch.manual_seed(0)
+    head, oracle = FCHead(8 * 7 * 7, 32).eval(), TwoMLPHead(8 * 7 * 7, 32).eval()
+    oracle.load_state_dict(head.state_dict())
+    x = torch.randn(20, 8, 7, 7)
+    nhwc = x.to(memory_format=torch.channels_last)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            torch.testing.assert_close(head(nhwc), oracle(x), **TOL)  # fills the cache
+            for m in (head, oracle):
+                m.fc6.weight.data.mul_(-0.5)  # .data: no version counter bump
+                m.fc6.weight.data[:, :7] = 0.25
+            torch.testing.assert_close(head(nhwc), oracle(x), **TOL)

@@ -9,7 +9,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from resnet_det.modeling import ARCHS, ResNet, plain34, resnet18, resnet34, resnet50
 from resnet_det.modeling.backbone.blocks import ZeroPadShortcut
-from resnet_det.utils.analysis import PAPER, count_macs, count_params
+from resnet_det.modeling.analysis import PAPER, count_macs, count_params
 
 # torchvision's published parameter counts (1000 classes), as quoted in the issue.
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}

@@ -1,4 +1,4 @@
-"""resnet_det.utils.analysis and tools/analyze_model.py: the Table 1-style per-stage table."""
+"""resnet_det.modeling.analysis and tools/analyze_model.py: the Table 1-style per-stage table."""
 import importlib.util
 import os
 import re
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from resnet_det.modeling import resnet50
-from resnet_det.utils.analysis import (PAPER, build_named_model, cifar_comparison, count_macs,
-                                       count_params, imagenet_comparison, stage_table)
+from resnet_det.modeling.analysis import (PAPER, build_named_model, cifar_comparison, count_macs,
+                                          count_params, imagenet_comparison, stage_table)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,9 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from resnet_det.modeling.analysis import (build_named_model, cifar_comparison, format_table,  # noqa: E402
+                                          imagenet_comparison, model_names, stage_table_text)
 from resnet_det.modeling.backbone.blocks import SHORTCUTS  # noqa: E402
-from resnet_det.utils.analysis import (build_named_model, cifar_comparison, format_table,  # noqa: E402
-                                       imagenet_comparison, model_names, stage_table_text)
 
 
 def parse_args(argv=None):

@@ -5,8 +5,11 @@
         --num-gpus 8 [--eval-only] [--resume] [KEY VALUE ...]
 
 The same flow as detectron2's tools/train_net.py (which its pip package does not ship): detectron2's
-argument parser, get_cfg, DefaultTrainer and launch, plus two lines: importing the plugin (at module
-level, so spawned workers register the backbones too) and add_resnet_det_config before merging.
+argument parser, get_cfg, DefaultTrainer and launch, plus three lines: importing the plugin (at module
+level, so spawned workers register the backbones and resnet_det's data sets too),
+add_resnet_det_config before merging, choose_d2_device after it (the CPU where there is no CUDA, as our
+train_net does; MODEL.DEVICE wins), and registering the config's data sets that resnet_det knows
+(shapes_*, coco_*/voc_* under $RESNET_DET_DATASETS, your own) when detectron2 does not.
 """
 import os
 import sys
@@ -20,7 +23,8 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # noqa: E402
 
-from resnet_det.integrations import add_resnet_det_config  # noqa: E402
+from resnet_det.integrations import add_resnet_det_config, choose_d2_device  # noqa: E402
+from resnet_det.integrations.detectron2 import register_resnet_det_datasets  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -41,6 +45,8 @@ def setup(args):
     add_resnet_det_config(cfg)  # MODEL.RESNETS.{SHORTCUT, PLAIN, ZERO_INIT_RESIDUAL}
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    choose_d2_device(cfg, args.opts)  # detectron2's default "cuda" fails on a CPU-only machine
+    register_resnet_det_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))  # registered since import
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -9,6 +9,12 @@ class names, verification). The exported file is run back on the sample image (o
 scene) and a second image of another shape, and compared with eager PyTorch; exit status 1 when
 they differ beyond tolerance. `--verify ARTIFACT` only re-checks an existing export against the
 config and weights.
+
+Classifiers (configs/imagenet, configs/cifar10) are built as pretraining builds them; MODEL.WEIGHTS
+must fill the net exactly, and a per-pixel mean image recorded in it is baked into the graph:
+
+    python tools/export_model.py --config-file configs/cifar10/resnet-20.yaml --format onnx \
+        --output out/cifar MODEL.WEIGHTS output/cifar10_resnet-20/model_final.pth
 """
 import argparse
 import logging
@@ -17,14 +23,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnet_det.engine.defaults import setup_cfg  # noqa: E402
+from resnet_det.engine.defaults import USER_ERROR_EXIT, report_user_error, setup_cfg_or_exit  # noqa: E402
 from resnet_det.export import (DEFAULT_OPSET, FORMATS, ExportedModel, ExportMismatchError,  # noqa: E402
                                Tolerance, build_eager_model, export_model, format_report,
                                make_export_module, verification_images, verify_exported)
+from resnet_det.utils.errors import UserInputError  # noqa: E402
 from resnet_det.utils.visualizer import read_image  # noqa: E402
 
-MISMATCH_EXIT = 1     # outputs differ from eager PyTorch
-USER_ERROR_EXIT = 2  # bad config, weights, image or option (as argparse)
+MISMATCH_EXIT = 1  # outputs differ from eager PyTorch; USER_ERROR_EXIT (2): bad config, weights, image, option
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,13 +58,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:  # config, weights, image, format mistakes
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+    except UserInputError as e:  # config, weights, image, option mistakes; anything else is a bug
+        report_user_error(e)
         return USER_ERROR_EXIT
 
 
 def run(args) -> int:
-    cfg = setup_cfg(args).clone()
+    cfg = setup_cfg_or_exit(args).clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"  # artifacts are traced on CPU; ONNX files then run on any provider
     cfg.freeze()

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from resnet_det.config import get_cfg  # noqa: E402
+from resnet_det.engine.defaults import exit_on_user_error, setup_cfg_or_exit  # noqa: E402
 from resnet_det.utils.visualizer import list_images, visualize_images  # noqa: E402
 
 
@@ -44,13 +44,10 @@ def parse_args(argv=None):
 def main(argv=None) -> list:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
     # Let the model drop low scores before NMS bookkeeping, as detectron2's demo does; an explicit
-    # MODEL.ROI_HEADS.SCORE_THRESH_TEST override below still wins.
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    # MODEL.ROI_HEADS.SCORE_THRESH_TEST among the user's overrides (merged after it) still wins.
+    args.opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.confidence_threshold), *args.opts]
+    cfg = setup_cfg_or_exit(args)  # checked like the training tools' (and the weights' convention adopted)
 
     from resnet_det.engine import DefaultPredictor
 
@@ -72,4 +69,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # user mistakes: one paragraph, exit status 2; bugs: a traceback

@@ -234,26 +234,6 @@ def _unfold_bn(params, name, eps, out, report) -> None:
     report.synthesized += [name("running_mean"), name("running_var")]
 
 
-def detect_convention(sd: dict) -> str:
-    """The convention most of `sd`'s keys parse in; a ValueError (with examples) if none fits.
-
-    Detector checkpoints are recognised too (see `layouts.detect_layout`): their backbone part decides.
-    """
-    from .layouts import detect_layout, split_detector
-
-    layout = detect_layout(sd)
-    if layout is not None:
-        sd = split_detector(sd, layout)[0]
-    counts = {c: sum(parse_key(k, c) is not None for k in sd) for c in CONVENTIONS}
-    best = max(counts, key=counts.get)
-    if counts[best] == 0:
-        sample = ", ".join(list(sd)[:5]) or "(empty)"
-        raise ValueError(f"no key of this state dict is a ResNet parameter name in any known convention "
-                         f"(first keys: {sample}); expected names like 'layer1.0.conv1.weight' "
-                         "(torchvision), 'res2.0.conv1.weight' (detectron2) or 'res2_0_branch2a_w' (MSRA)")
-    return best
-
-
 def block_structure(sd: dict, convention: str) -> tuple[str, tuple[int, ...]]:
     """("basic"|"bottleneck", blocks in conv2_x..conv5_x) read off the names, to compare with Table 1."""
     blocks: dict[int, set[int]] = {s: set() for s in range(2, 6)}

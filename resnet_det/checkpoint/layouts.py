@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .key_map import FIELDS, TABLE, ConversionReport, convert_state_dict, parse_key
+from .heads import convert_heads
+from .key_map import CONVENTIONS, FIELDS, TABLE, ConversionReport, convert_state_dict, parse_key
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,22 @@ def detect_layout(sd: dict) -> str | None:
     return None
 
 
+def detect_convention(sd: dict) -> str:
+    """The convention most of `sd`'s ResNet keys parse in (key_map's table); a ValueError (with
+    examples) if none fits. For a whole detector's state dict its backbone part decides."""
+    layout = detect_layout(sd)
+    if layout is not None:
+        sd = split_detector(sd, layout)[0]
+    counts = {c: sum(parse_key(k, c) is not None for k in sd) for c in CONVENTIONS}
+    best = max(counts, key=counts.get)
+    if counts[best] == 0:
+        sample = ", ".join(list(sd)[:5]) or "(empty)"
+        raise ValueError(f"no key of this state dict is a ResNet parameter name in any known convention "
+                         f"(first keys: {sample}); expected names like 'layer1.0.conv1.weight' "
+                         "(torchvision), 'res2.0.conv1.weight' (detectron2) or 'res2_0_branch2a_w' (MSRA)")
+    return best
+
+
 def split_detector(sd: dict, layout: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(backbone state dict in the layout's convention, every other tensor under its own key).
 
@@ -95,7 +112,8 @@ def split_detector(sd: dict, layout: str) -> tuple[dict[str, torch.Tensor], dict
     return backbone, rest
 
 
-def join_detector(sd: dict, src: str, layout: str) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+def join_detector(sd: dict, src: str, layout: str, *, log: bool = True
+                  ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Place a backbone/classifier state dict (convention `src`) at a detector's names.
 
     The classifier (`fc`) has no place in a detector and is reported as dropped.
@@ -126,5 +144,35 @@ def join_detector(sd: dict, src: str, layout: str) -> tuple[dict[str, torch.Tens
             report.dropped[src_key] = "a detector has no ImageNet classifier"
     report.synthesized = [renamed[k] for k in report.synthesized]
     report.dst = f"{report.dst} ({layout})"
-    report.log()
+    if log:
+        report.log()
     return {renamed[k]: v for k, v in converted.items() if k in renamed}, report
+
+
+def head_framework(layout: str) -> str:
+    """Whose FPN / RPN / box-head names a layout uses: the d2plugin layouts are detectron2 models."""
+    _check_layout(layout)
+    return "resnet_det" if layout.startswith("resnet_det-") else "detectron2"
+
+
+def convert_detector(sd: dict, src_layout: str, dst_layout: str, *, anchor_grid: tuple[int, int] | None = None,
+                     fpn_first_level: int = 2) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """A whole detector's state dict from one layout to another: backbone through the ResNet table
+    (key_map), FPN / RPN / box head / predictor through the head table (heads.py). Every source key
+    is converted or listed in `report.unmatched`; nothing is logged (the caller decides)."""
+    backbone, rest = split_detector(sd, src_layout)
+    out, report = join_detector(backbone, LAYOUTS[src_layout].convention, dst_layout, log=False)
+    heads, head_report = convert_heads(rest, head_framework(src_layout), head_framework(dst_layout),
+                                       anchor_grid=anchor_grid, fpn_first_level=fpn_first_level)
+    out.update(heads)
+    if head_framework(dst_layout) == "detectron2":  # its FrozenBN, the model zoo's norm, has no counter
+        for key in [k for k in out if k.endswith("num_batches_tracked")]:
+            del out[key]
+            src_key = next((s for s, d in report.converted.items() if d == key), key)
+            report.converted.pop(src_key, None)
+            report.dropped[src_key] = "detectron2's FrozenBN keeps no batch counter"
+    report.src, report.dst = src_layout, dst_layout
+    report.converted.update(head_report.converted)
+    report.synthesized += head_report.synthesized
+    report.unmatched += head_report.unmatched
+    return out, report

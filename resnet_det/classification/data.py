@@ -21,11 +21,14 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..data.catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog, datasets_root, unregister
 from ..data.demo import make_classification_set
-from ..data.samplers import InferenceSampler, TrainingSampler, get_rank_and_world_size
+from ..data.samplers import InferenceSampler, TrainingSampler
 from ..data.shapes_draw import SHAPE_KINDS
 from ..data.transforms import BadImageError, read_image
+from ..utils import comm
+from ..utils.errors import ConfigError, DataError
+from ..utils.io import atomic_write
 from .cifar import CIFAR10_CLASSES, CIFAR_LAYOUT, load_cifar10
-from .transforms import TestTransform, TrainTransform, center_crop, resize_shorter
+from .transforms import TestTransform, TrainTransform
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +56,14 @@ def load_image_folder(dirname: str, name: str = "image folder") -> tuple[list[di
             if f.lower().endswith(IMAGE_EXTENSIONS):
                 dicts.append({"file_name": os.path.join(folder, f), "image_id": len(dicts), "label": label})
     if not dicts:
-        raise ValueError(f"data set {name!r}: {dirname} has no images in class sub-folders "
-                         f"({len(classes)} folders found). Expected layout: {IMAGENET_LAYOUT}")
+        raise DataError(f"data set {name!r}: {dirname} has no images in class sub-folders "
+                        f"({len(classes)} folders found). Expected layout: {IMAGENET_LAYOUT}")
     return dicts, classes
 
 
 def load_cifar_dicts(dirname: str, split: str, name: str) -> list[dict]:
+    """Dataset dicts of split "train"/"val"/"trainval"/"test" of a cifar-10-batches-py folder, images held
+    in memory (RGB); ``name`` is the data set named in errors."""
     if not os.path.isdir(dirname):
         raise DatasetNotFoundError(name, [dirname], CIFAR_LAYOUT)
     missing = [f for f in (["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)])
@@ -103,16 +108,16 @@ def register_classification_builtins(root: str | None = None) -> None:
 def get_classification_dicts(names) -> list[dict]:
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError("no data set names given: set DATASETS.TRAIN / DATASETS.TEST, e.g. "
-                         "DATASETS.TRAIN \"('cls_demo_train',)\"")
+        raise ConfigError("no data set names given: set DATASETS.TRAIN / DATASETS.TEST, e.g. "
+                          "DATASETS.TRAIN \"('cls_demo_train',)\"")
     dicts = []
     for name in names:
         part = DatasetCatalog.get(name)
         if not part:
-            raise ValueError(f"data set {name!r} has no images")
+            raise DataError(f"data set {name!r} has no images")
         if "label" not in part[0]:
-            raise ValueError(f"data set {name!r} has no 'label' in its dicts: it is not a classification set "
-                             f"(evaluator_type {MetadataCatalog.get(name).get('evaluator_type')!r})")
+            raise ConfigError(f"data set {name!r} has no 'label' in its dicts: it is not a classification set "
+                              f"(evaluator_type {MetadataCatalog.get(name).get('evaluator_type')!r})")
         dicts.extend(part)
     return dicts
 
@@ -156,7 +161,7 @@ class _BatchStream(IterableDataset):
         while True:
             items = [self._item(pos, idx) for pos, idx in
                      _take(self.sampler.indices(b * self.batch_size), self.batch_size)]
-            images = torch.from_numpy(np.stack([x for x, _ in items]))
+            images = torch.stack([x for x, _ in items])
             yield images, torch.tensor([y for _, y in items], dtype=torch.int64)
             b += nw
 
@@ -190,14 +195,12 @@ def build_classification_train_loader(cfg, start_iter: int = 0, dicts: list | No
         images, labels = next(iter(build_classification_train_loader(cfg)))
         print(images.shape, images.dtype, labels[:4])   # (B, 3, 224, 224) torch.uint8 ...
     """
-    rank, world = get_rank_and_world_size()
+    world = comm.get_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     dicts = get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts
-    from ..data.build import _shared_seed
-
-    sampler = TrainingSampler(len(dicts), shuffle=True, seed=_shared_seed(cfg.SEED), rank=rank, world_size=world)
+    sampler = TrainingSampler(len(dicts), shuffle=True, seed=cfg.SEED)
     stream = _BatchStream(dicts, TrainTransform(cfg), cfg.INPUT.FORMAT, sampler, total // world, start_iter,
                           cfg.DATALOADER.ON_BAD_IMAGE)
     return ClassificationTrainLoader(stream, cfg.DATALOADER.NUM_WORKERS)
@@ -213,7 +216,7 @@ class _TestSet(Dataset):
 
     def __getitem__(self, i):
         d = self.dicts[i]
-        return torch.from_numpy(self.transform(load_image(d, self.image_format))), d["label"]
+        return self.transform(load_image(d, self.image_format)), d["label"]
 
 
 class ClassificationTestLoader:
@@ -235,7 +238,7 @@ def build_classification_test_loader(cfg, dataset_name, protocol: str | None = N
     (images differ in size, and the model resizes each to every TEST.MULTISCALE_SIZES)."""
     dicts = get_classification_dicts(dataset_name)
     transform = TestTransform(cfg, protocol)
-    _, world = get_rank_and_world_size()
+    world = comm.get_world_size()
     per_rank = max(1, cfg.SOLVER.IMS_PER_BATCH // world)
     batch = {"center": per_rank, "10crop": max(1, per_rank // 10), "multiscale": 1}[transform.protocol]
     sampler = InferenceSampler(len(dicts))
@@ -260,18 +263,13 @@ def compute_mean_image(cfg, dicts: list[dict] | None = None, max_images: int = M
     dicts = get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts
     pick = np.linspace(0, len(dicts) - 1, min(max_images, len(dicts))).round().astype(int)
     size = int(cfg.INPUT.CROP_SIZE)
-    acc = np.zeros((size, size, 3), np.float64)
+    center = TestTransform(cfg, "center")
+    acc = np.zeros((3, size, size), np.float64)
     for i in pick:
-        img = load_image(dicts[i], cfg.INPUT.FORMAT)
-        imagenet = cfg.MODEL.CLASSIFIER.STYLE == "imagenet"
-        img = resize_shorter(img, int(cfg.INPUT.TEST_RESIZE) if imagenet else size)
-        acc += center_crop(img, size)
-    mean = (acc / len(pick)).transpose(2, 0, 1).astype(np.float32)
+        acc += center(load_image(dicts[i], cfg.INPUT.FORMAT)).numpy()
+    mean = (acc / len(pick)).astype(np.float32)
     if not cache:
         return mean
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, mean)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, mean))  # the temp name ends in .npy, so np.save keeps it
     logger.info("per-pixel mean image over %d training images -> %s", len(pick), path)
     return mean

@@ -1,21 +1,20 @@
 """The classifier the pretraining tool trains: normalisation + a Table 1 or Sec. 4.2 net.
 
 Its state_dict is the net's under ``net.``: torchvision names once the prefix is stripped (as
-``engine.checkpoint.read_weights`` does), so a pretraining checkpoint is a detector's MODEL.WEIGHTS.
+``checkpoint.read_checkpoint`` does), so a pretraining checkpoint is a detector's MODEL.WEIGHTS.
 The mean/std are non-persistent buffers; a per-pixel mean image travels in the checkpoint's meta.
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.onnx.operators import shape_as_tensor
 
-from ..modeling.backbone import CifarResNet, ResNet
-from ..modeling.fast import to_channels_last
-
-logger = logging.getLogger(__name__)
+from ..checkpoint import load_model_weights, read_weights
+from ..modeling.backbone import build_resnet
+from ..modeling.speed import to_channels_last
+from ..utils.errors import ConfigError
 
 
 class Classifier(nn.Module):
@@ -50,11 +49,20 @@ class Classifier(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.pixel_mean.device, non_blocking=True).float()
-        if self.mean_image is not None and tuple(x.shape[-2:]) == tuple(self.mean_image.shape[-2:]):
-            x = x - self.mean_image
-        else:
-            x = x - self.pixel_mean
-        return x / self.pixel_std
+        return (x - self.subtracted_mean(x)) / self.pixel_std
+
+    def subtracted_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean image for inputs of its own size, its per-channel average for any other size."""
+        if self.mean_image is None:
+            return self.pixel_mean
+        if not torch.jit.is_tracing():
+            return self.mean_image if tuple(x.shape[-2:]) == tuple(self.mean_image.shape[-2:]) else self.pixel_mean
+        # Traced for export (TorchScript, ONNX): a Python size test would freeze the traced size's
+        # branch into the graph, so the graph compares sizes itself. Nearest resizing to the mean
+        # image's own size is the identity; at other sizes its result is discarded by the where.
+        same = (shape_as_tensor(x)[-2:] == shape_as_tensor(self.mean_image)[-2:]).all()
+        image = F.interpolate(self.mean_image[None], size=x.shape[-2:], mode="nearest")[0]
+        return torch.where(same, image, self.pixel_mean)
 
     def forward(self, batch):
         if self.training:
@@ -86,30 +94,23 @@ def resize_shorter_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def build_net(cfg) -> nn.Module:
-    """ResNet (MODEL.CLASSIFIER.STYLE "imagenet", Table 1) or CifarResNet ("cifar", Sec. 4.2)."""
+    """ResNet (MODEL.CLASSIFIER.STYLE "imagenet", Table 1) or CifarResNet ("cifar", Sec. 4.2), from the
+    one config translation (modeling.backbone.build_resnet)."""
     r, c = cfg.MODEL.RESNETS, cfg.MODEL.CLASSIFIER
     if r.NORM == "FrozenBN":
-        raise ValueError("MODEL.RESNETS.NORM=FrozenBN cannot be trained from scratch: classification "
-                         "pretraining learns the BN statistics; set MODEL.RESNETS.NORM BN (or SyncBN)")
+        raise ConfigError("MODEL.RESNETS.NORM=FrozenBN cannot be trained from scratch: classification "
+                          "pretraining learns the BN statistics; set MODEL.RESNETS.NORM BN (or SyncBN)")
     if c.NUM_CLASSES < 2:
-        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={c.NUM_CLASSES}: expected at least 2")
-    if c.STYLE == "cifar":
-        return CifarResNet(c.CIFAR_DEPTH, num_classes=c.NUM_CLASSES, shortcut=r.SHORTCUT, plain=r.PLAIN,
-                           norm=r.NORM, zero_init_residual=r.ZERO_INIT_RESIDUAL)
-    if c.STYLE != "imagenet":
-        raise ValueError(f"MODEL.CLASSIFIER.STYLE={c.STYLE!r}: expected imagenet or cifar")
-    return ResNet(r.DEPTH, num_classes=c.NUM_CLASSES, norm=r.NORM, stride_in_1x1=r.STRIDE_IN_1X1,
-                  shortcut=r.SHORTCUT, plain=r.PLAIN, zero_init_residual=r.ZERO_INIT_RESIDUAL,
-                  num_groups=r.NUM_GROUPS, width_per_group=r.WIDTH_PER_GROUP,
-                  stem_out_channels=r.STEM_OUT_CHANNELS, res2_out_channels=r.RES2_OUT_CHANNELS)
+        raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={c.NUM_CLASSES}: expected at least 2")
+    return build_resnet(cfg, classifier=True)
 
 
 def build_classifier(cfg, mean_image=None) -> Classifier:
     """Classifier from the config. INPUT.MEAN_MODE "per_pixel" needs ``mean_image`` (see
     ``data.compute_mean_image``); "per_channel" uses MODEL.PIXEL_MEAN."""
     if cfg.MODEL.META_ARCHITECTURE != "Classifier":
-        raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: the pretraining tool "
-                         "trains 'Classifier' (see configs/imagenet, configs/cifar10)")
+        raise ConfigError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: the pretraining tool "
+                          "trains 'Classifier' (see configs/imagenet, configs/cifar10)")
     if cfg.INPUT.MEAN_MODE == "per_pixel" and mean_image is None:
         raise ValueError("INPUT.MEAN_MODE=per_pixel needs the mean image of the training set "
                          "(resnet_det.classification.compute_mean_image(cfg))")
@@ -121,30 +122,16 @@ def build_classifier(cfg, mean_image=None) -> Classifier:
     return to_channels_last(model) if cfg.MODEL.CHANNELS_LAST else model
 
 
-def load_classifier_weights(model: Classifier, path: str) -> dict:
-    """Initialise ``model.net`` from MODEL.WEIGHTS (a pretraining checkpoint or torchvision
-    weights), matching by name and shape; an fc of another NUM_CLASSES keeps its initialisation.
-    A recorded per-pixel mean image replaces the model's. Returns the report."""
-    from ..engine.checkpoint import read_weights
+def load_classifier_weights(model: Classifier, path: str, require_all: bool = False) -> dict:
+    """Initialise the classifier from MODEL.WEIGHTS through the package's loader and policy
+    (checkpoint.load_model_weights: any naming, an fc of another NUM_CLASSES keeps its initialisation);
+    a recorded per-pixel mean image replaces the model's. Returns the report.
 
-    sd, meta = read_weights(path)
-    target = model.net.state_dict()
-    loaded, reinit = [], []
-    for k, v in sd.items():
-        if k in target and tuple(v.shape) == tuple(target[k].shape):
-            target[k] = v.to(target[k].dtype)
-            loaded.append(k)
-        elif k in target:
-            reinit.append(f"{k} {tuple(v.shape)} -> {tuple(target[k].shape)}")
-    unused = [k for k in sd if k not in target]
-    missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
-    if not loaded:
-        raise ValueError(f"MODEL.WEIGHTS {path}: none of its {len(sd)} tensors matches the classifier "
-                         f"(e.g. {sorted(sd)[:3]}); expected torchvision names (conv1.weight, layer1.0...)")
-    model.net.load_state_dict(target)
+    ``require_all``: the file must hold exactly this net (every tensor loads, none left over, as
+    export needs: a deployed model with random layers, or one missing trained blocks, is wrong)."""
+    report = load_model_weights(model, path, require_all=require_all)
+    _, meta = read_weights(path)
     if isinstance(meta.get("mean_image"), torch.Tensor) and model.mean_image is not None:
         model.mean_image = meta["mean_image"].to(model.pixel_mean)
         model.pixel_mean = model.mean_image.mean(dim=(1, 2)).view(3, 1, 1)
-    logger.info("Loaded %d tensors from %s; re-initialised %d (%s); not in the file %d; unused %d",
-                len(loaded), path, len(reinit), "; ".join(reinit), len(missing), len(unused))
-    return {"loaded": loaded, "reinitialized": reinit, "missing": missing, "unused": unused}
+    return report

@@ -6,11 +6,12 @@ import logging
 
 import torch
 
-from ..engine.checkpoint import _unwrap, read_weights
+from ..checkpoint import read_weights, unwrap_model
 from ..engine.run import record_eval_only
 from ..engine.trainer import Trainer, resolve_device
 from ..evaluation import ClassificationEvaluator
 from ..utils import comm
+from ..utils.errors import ConfigError
 from .data import build_classification_test_loader, build_classification_train_loader, compute_mean_image
 from .model import build_classifier, load_classifier_weights
 
@@ -27,7 +28,7 @@ class ClassificationTrainer(Trainer):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        mean_image = _unwrap(self.model).mean_image
+        mean_image = unwrap_model(self.model).mean_image
         if mean_image is not None:
             self.checkpointer.meta = {**self.checkpointer.meta, **mean_image_meta(mean_image)}
 
@@ -56,7 +57,7 @@ class ClassificationTrainer(Trainer):
         return meta
 
     def load_initial_weights(self, path: str) -> None:
-        load_classifier_weights(_unwrap(self.model), path)
+        load_classifier_weights(unwrap_model(self.model), path)
 
 
 def mean_image_meta(mean_image: torch.Tensor) -> dict:
@@ -64,17 +65,25 @@ def mean_image_meta(mean_image: torch.Tensor) -> dict:
     return {"pixel_mean": [float(v) for v in mean_image.mean(dim=(1, 2))], "mean_image": mean_image}
 
 
-def build_eval_model(cfg, weights: str):
-    """The classifier of ``weights`` for evaluation: its recorded mean image if it has one."""
+def build_eval_model(cfg, weights: str, require_all: bool = False):
+    """The classifier of ``weights`` for evaluation (and export): its recorded mean image if it has
+    one. ``require_all``: refuse weights that do not fill the net exactly (load_classifier_weights).
+    A checkpoint whose recorded INPUT.MEAN_MODE contradicts the config is refused: the net would see
+    inputs normalised otherwise than in training."""
+    _, meta = read_weights(weights)
+    trained = meta.get("mean_mode")
+    if trained is not None and trained != cfg.INPUT.MEAN_MODE:
+        raise ConfigError(f"MODEL.WEIGHTS {weights} was trained with INPUT.MEAN_MODE {trained}, the config says "
+                         f"INPUT.MEAN_MODE={cfg.INPUT.MEAN_MODE!r}: the net would see inputs normalised "
+                         f"otherwise than in training; set INPUT.MEAN_MODE {trained}")
     mean = None
     if cfg.INPUT.MEAN_MODE == "per_pixel":
-        _, meta = read_weights(weights)
         mean = meta.get("mean_image")
         if mean is None:
             logger.info("MODEL.WEIGHTS records no mean image; computing it from DATASETS.TRAIN")
             mean = compute_mean_image(cfg)
     model = build_classifier(cfg, mean).to(resolve_device(cfg))
-    load_classifier_weights(model, weights)
+    load_classifier_weights(model, weights, require_all=require_all)
     return model
 
 
@@ -82,7 +91,7 @@ def run_classification(cfg, args) -> dict:
     """The body of tools/pretrain_net.py: evaluate MODEL.WEIGHTS, or train (resuming) then evaluate."""
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
-            raise SystemExit("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
+            raise ConfigError("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
         results = ClassificationTrainer.test(cfg, build_eval_model(cfg, cfg.MODEL.WEIGHTS))
         record_eval_only(cfg, results, protocol=cfg.TEST.CLS_PROTOCOL)
         return results

@@ -1,14 +1,19 @@
 """The classification recipes' image transforms (Sec. 3.4 for ImageNet, Sec. 4.2 for CIFAR).
 
-Every transform takes an HxWx3 uint8 array in INPUT.FORMAT channel order and, when random, an
-explicit ``np.random.Generator``: the loaders seed one per stream position, so a resumed run
-draws exactly what the uninterrupted one would have. Normalisation (mean subtraction) happens in
-the model (``Classifier``), so arrays stay uint8 here, cheap to pass between processes.
+Images come in as HxWx3 uint8 arrays in INPUT.FORMAT channel order (cv2 decodes and resizes them) and
+leave as 3xHxW uint8 tensors. The pixel work after resizing (pad, crop, flip, center and five crops) is
+torchvision.transforms.v2.functional's; the random choices are drawn here from an explicit
+``np.random.Generator``, not by v2's random transforms (they draw from torch's global RNG): the loaders
+seed one generator per stream position, so a resumed run draws exactly what the uninterrupted one
+would have. Normalisation (mean subtraction) happens in the model (``Classifier``), so images stay
+uint8, cheap to pass between processes.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
 
 # "Standard color augmentation" (Sec. 3.4, from Krizhevsky et al. 2012): PCA of ImageNet's RGB
 # pixel values (0-1 range), as published with fb.resnet.torch. Rows of EIGVEC are R, G, B.
@@ -19,7 +24,10 @@ IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
 
 
 def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the shorter side is `size`, keeping the aspect ratio (area filter when shrinking)."""
+    """Resize so the shorter side is `size`, keeping the aspect ratio (area filter when shrinking).
+
+    cv2's filters, not v2.Resize: the images are cv2-decoded arrays, and v2's antialiased bilinear
+    (and its truncated long side) gives other pixels."""
     h, w = img.shape[:2]
     if min(h, w) == size:
         return img
@@ -34,60 +42,61 @@ def random_shorter_side(img: np.ndarray, lo: int, hi: int, rng: np.random.Genera
     return resize_shorter(img, int(rng.integers(lo, hi + 1)))
 
 
-def random_crop(img: np.ndarray, size: int, rng: np.random.Generator, pad: int = 0) -> np.ndarray:
-    """A random `size` x `size` crop, after zero-padding each side by `pad` (CIFAR, Sec. 4.2)."""
+def to_chw(img: np.ndarray) -> torch.Tensor:
+    """HxWx3 array -> 3xHxW uint8 tensor (a view of the array when it is contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+
+
+def random_crop(img: torch.Tensor, size: int, rng: np.random.Generator, pad: int = 0) -> torch.Tensor:
+    """A random `size` x `size` crop of a CxHxW image, after zero-padding each side by `pad` (CIFAR, Sec. 4.2)."""
     if pad > 0:
-        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-    h, w = img.shape[:2]
+        img = F.pad(img, [pad], fill=0)
+    h, w = img.shape[-2:]
     if h < size or w < size:
         raise ValueError(f"cannot crop {size}x{size} from a {h}x{w} image: INPUT.CROP_SIZE must not exceed "
                          "the resized image (INPUT.SCALE_RANGE / INPUT.TEST_RESIZE)")
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    return img[y:y + size, x:x + size]
+    return F.crop(img, y, x, size, size)
 
 
-def random_flip(img: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
-    return img[:, ::-1] if rng.uniform() < prob else img
+def random_flip(img: torch.Tensor, prob: float, rng: np.random.Generator) -> torch.Tensor:
+    return F.horizontal_flip(img) if rng.uniform() < prob else img
 
 
-def pca_lighting(img: np.ndarray, std: float, rng: np.random.Generator, image_format: str = "BGR",
-                 eigval: np.ndarray = IMAGENET_EIGVAL, eigvec: np.ndarray = IMAGENET_EIGVEC) -> np.ndarray:
-    """Add eigvec @ (alpha * eigval), alpha ~ N(0, std^2), to every pixel (0-255 scale).
+def pca_lighting(img: torch.Tensor, std: float, rng: np.random.Generator, image_format: str = "BGR",
+                 eigval: np.ndarray = IMAGENET_EIGVAL, eigvec: np.ndarray = IMAGENET_EIGVEC) -> torch.Tensor:
+    """Add eigvec @ (alpha * eigval), alpha ~ N(0, std^2), to every pixel of a 3xHxW image (0-255 scale).
 
     The same RGB shift for the whole image, so colour and intensity change but not the content.
+    Ours: torchvision has no PCA ("AlexNet-style") lighting; v2.ColorJitter changes other things.
     """
     if std <= 0:
         return img
     alpha = rng.normal(0.0, std, size=3)
     shift_rgb = 255.0 * eigvec @ (alpha * eigval)
     shift = shift_rgb[::-1] if image_format == "BGR" else shift_rgb
-    return np.clip(img.astype(np.float32) + shift.astype(np.float32), 0, 255).round().astype(np.uint8)
+    shift = torch.tensor(shift.astype(np.float32)).view(3, 1, 1)
+    return (img.float() + shift).clamp_(0, 255).round_().to(torch.uint8)
 
 
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if h < size or w < size:
+def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    if h < size or w < size:  # v2's crops would pad: here it is a config mistake
         raise ValueError(f"cannot center-crop {size}x{size} from a {h}x{w} image (INPUT.CROP_SIZE > "
                          "INPUT.TEST_RESIZE?)")
-    # torchvision's rounding of the offset, so its center_crop / ten_crop agree pixel for pixel.
-    y, x = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return img[y:y + size, x:x + size]
+    return F.center_crop(img, [size, size])
 
 
-def ten_crops(img: np.ndarray, size: int) -> list[np.ndarray]:
+def ten_crops(img: torch.Tensor, size: int) -> list[torch.Tensor]:
     """The 10-crop test protocol (Sec. 3.4, from Krizhevsky et al.): the four corner crops and the
-    center crop, then the same five of the flipped image."""
-    h, w = img.shape[:2]
+    center crop (v2's five_crop), then the mirror image of each. Not v2.ten_crop: its last five are
+    crops of the flipped image, whose center crop is one column off the mirrored center crop when
+    the margin is odd."""
+    h, w = img.shape[-2:]
     if h < size or w < size:
         raise ValueError(f"cannot take {size}x{size} crops from a {h}x{w} image")
-    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
-    crops = [img[y:y + size, x:x + size] for y, x in corners] + [center_crop(img, size)]
-    return crops + [c[:, ::-1] for c in crops]
-
-
-def to_chw_tensor_array(img: np.ndarray) -> np.ndarray:
-    """HxWx3 -> contiguous 3xHxW uint8."""
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
+    five = list(F.five_crop(img, [size, size]))
+    return five + [F.horizontal_flip(c) for c in five]
 
 
 class TrainTransform:
@@ -110,17 +119,17 @@ class TrainTransform:
             raise ValueError(f"INPUT.CROP_SIZE={self.crop} exceeds the smallest training scale "
                              f"INPUT.SCALE_RANGE[0]={self.scale_range[0]}; a crop must fit (paper: 224 in [256, 480])")
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         if self.style == "cifar":
-            img = resize_shorter(img, self.crop)  # a no-op on CIFAR itself (32x32)
-            img = random_crop(img, self.crop, rng, pad=self.pad)
-            img = random_flip(img, self.flip, rng)
+            chw = to_chw(resize_shorter(img, self.crop))  # the resize: a no-op on CIFAR itself (32x32)
+            chw = random_crop(chw, self.crop, rng, pad=self.pad)
+            chw = random_flip(chw, self.flip, rng)
         else:
-            img = random_shorter_side(img, *self.scale_range, rng)
-            img = random_crop(img, self.crop, rng)
-            img = random_flip(img, self.flip, rng)
-            img = pca_lighting(img, self.pca_std, rng, self.image_format)
-        return to_chw_tensor_array(img)
+            chw = to_chw(random_shorter_side(img, *self.scale_range, rng))
+            chw = random_crop(chw, self.crop, rng)
+            chw = random_flip(chw, self.flip, rng)
+            chw = pca_lighting(chw, self.pca_std, rng, self.image_format)
+        return chw.contiguous()
 
 
 class TestTransform:
@@ -139,10 +148,10 @@ class TestTransform:
         if self.style == "imagenet" and self.crop > self.resize:
             raise ValueError(f"INPUT.CROP_SIZE={self.crop} exceeds INPUT.TEST_RESIZE={self.resize}")
 
-    def __call__(self, img: np.ndarray) -> np.ndarray:
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
         if self.protocol == "multiscale":
-            return to_chw_tensor_array(img)
-        img = resize_shorter(img, self.resize if self.style == "imagenet" else self.crop)
+            return to_chw(img).contiguous()
+        chw = to_chw(resize_shorter(img, self.resize if self.style == "imagenet" else self.crop))
         if self.protocol == "10crop":
-            return np.stack([to_chw_tensor_array(c) for c in ten_crops(img, self.crop)])
-        return to_chw_tensor_array(center_crop(img, self.crop))
+            return torch.stack(ten_crops(chw, self.crop))
+        return center_crop(chw, self.crop).contiguous()

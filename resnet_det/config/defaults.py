@@ -23,14 +23,12 @@ _C.MODEL.PIXEL_STD = [57.375, 57.12, 58.395]
 _C.MODEL.COMPILE = False
 # Store activations as channels_last (NHWC); faster for convolutions on most CPUs and on GPUs.
 _C.MODEL.CHANNELS_LAST = False
-# Fold each FrozenBN (and eval-mode BN) into the conv before it: conv(x, W * s) + b, the same function
-# in one pass instead of three; gradients still reach W. State_dict keys are unchanged. See
-# resnet_det/modeling/fast.py and benchmarks/RESULTS.md.
-_C.MODEL.FUSE_FROZEN_BN = True
-# RoIAlign on CPU as one weighted gather of channel vectors (embedding_bag): torchvision's
-# MultiScaleRoIAlign within float rounding, several times faster forward and backward. No effect on
-# GPU. See resnet_det/modeling/detector/pooling.py.
-_C.MODEL.FAST_ROI_ALIGN = True
+# Fold each FrozenBN (and eval-mode BN) into the conv before it, conv(x, W * s) + b: the same function
+# in one pass instead of three, in training too (gradients still reach W). Where no gradient is needed,
+# on a CPU with float32 NHWC activations, each residual block also runs every conv with its ReLU (and
+# the residual addition) as one oneDNN call. State_dict keys are unchanged. Was MODEL.FUSE_FROZEN_BN
+# (still accepted, with a warning). See resnet_det/modeling/fusion.py and benchmarks/RESULTS.md.
+_C.MODEL.FUSE_CONV_BN_RELU = True
 
 _C.MODEL.BACKBONE = CN()
 # Registered builder name: build_resnet_backbone (C4), build_resnet_fpn_backbone, or your own.
@@ -77,6 +75,12 @@ _C.MODEL.ANCHOR_GENERATOR = CN()
 _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
 # Height/width ratios; one list is shared by every feature map.
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# "torchvision": cell anchors rounded to whole pixels, a map's stride = padded image size // map size
+# (torchvision's AnchorGenerator). "detectron2": exact cell anchors and the backbone's strides
+# (detectron2's DefaultAnchorGenerator). See modeling/detector/detectron2_style.py.
+_C.MODEL.ANCHOR_GENERATOR.STYLE = "torchvision"
+# Centre of the first anchor, as a fraction of the stride (detectron2's key; "detectron2" style only).
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
 
 _C.MODEL.RPN = CN()
 # Feature maps the RPN runs on: ["res4"] for C4, ["p2", ..., "p6"] for FPN.
@@ -94,8 +98,11 @@ _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
 _C.MODEL.RPN.POSITIVE_FRACTION = 0.5
 # Proposals with a smaller side (pixels, in the resized image) are dropped.
 _C.MODEL.RPN.MIN_SIZE = 1e-3
-# Proposal objectness score threshold (torchvision's rpn_score_thresh).
+# Proposal objectness score threshold (torchvision's rpn_score_thresh; "torchvision" POSTPROCESS only).
 _C.MODEL.RPN.SCORE_THRESH = 0.0
+# Proposal selection after the per-level top-k. "torchvision": drop sides < MIN_SIZE, NMS on sigmoid
+# scores. "detectron2": drop non-finite boxes and sides <= MIN_SIZE (0: empty boxes only), NMS on logits.
+_C.MODEL.RPN.POSTPROCESS = "torchvision"
 
 _C.MODEL.ROI_HEADS = CN()
 # Number of object classes, background excluded (detectron2's convention).
@@ -110,17 +117,30 @@ _C.MODEL.ROI_HEADS.IOU_THRESHOLD = 0.5
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 _C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
+# Test-time box selection. "torchvision": boxes under 1e-2 px are dropped before NMS. "detectron2":
+# none are; NMS per 0-based class id; boxes in original pixels are clipped to the image, empty ones dropped.
+_C.MODEL.ROI_HEADS.POSTPROCESS = "torchvision"
 
 _C.MODEL.ROI_BOX_HEAD = CN()
 # "Res5ROIHead" (C4: the whole res5 stage + global average pool, Appendix A) or "FastRCNNConvFCHead"
 # (FPN: two fully connected layers of FC_DIM).
 _C.MODEL.ROI_BOX_HEAD.NAME = "Res5ROIHead"
-# "ROIAlign" or "ROIPool" (the paper's Faster R-CNN used RoI pooling).
+# "ROIAlign", "ROIAlignV2" (RoIAlign with aligned=True: sample positions shifted by half a pixel,
+# detectron2's default in every R-CNN config) or "ROIPool" (the paper's Faster R-CNN used RoI pooling).
 _C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlign"
+# FPN level of a box of area A: "torchvision" floor(4 + log2(sqrt(A) / 224) + 1e-6), scales inferred
+# from the map sizes; "detectron2" floor(4 + log2(sqrt(A) / 224 + 1e-8)), scales 1 / backbone stride.
+_C.MODEL.ROI_BOX_HEAD.POOLER_LEVEL_MAPPING = "torchvision"
 # Pooled size: 14 for C4 (res5's stride 2 makes it 7), 7 for FPN.
 _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
 # RoIAlign sampling points per bin; 0 = adaptive (torchvision's default is 2, detectron2's 0).
 _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+# How RoIAlign runs. "gather": on CPU, one weighted gather of channel vectors (embedding_bag), equal to
+# torchvision's MultiScaleRoIAlign within float rounding and several times faster forward and backward;
+# torchvision's kernel on GPU, under autocast and in exports. "torchvision": torchvision's
+# MultiScaleRoIAlign everywhere. Was MODEL.FAST_ROI_ALIGN (True = "gather"; still accepted, with a
+# warning). See resnet_det/modeling/detector/pooling.py.
+_C.MODEL.ROI_BOX_HEAD.POOLER_IMPL = "gather"
 _C.MODEL.ROI_BOX_HEAD.NUM_FC = 2
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
 # False: class-aware regression, 4 numbers per class (Appendix A / C); True: one box for all.
@@ -157,6 +177,9 @@ _C.INPUT.MIN_SIZE_TRAIN = (600,)
 _C.INPUT.MAX_SIZE_TRAIN = 1000
 _C.INPUT.MIN_SIZE_TEST = 600
 _C.INPUT.MAX_SIZE_TEST = 1000
+# Resized image size: "floor" of size x scale (torchvision's interpolate) or "round" (int(x + 0.5),
+# detectron2's ResizeShortestEdge).
+_C.INPUT.RESIZE_ROUNDING = "floor"
 # Channel order the model sees: "BGR" (detectron2, MSRA weights) or "RGB" (torchvision weights).
 _C.INPUT.FORMAT = "BGR"
 # Probability of a horizontal flip at training.
@@ -190,7 +213,8 @@ _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # What to do with a missing, truncated or undecodable image: "error" stops with the file name,
 # "skip" logs it to OUTPUT_DIR/skipped_images.txt, counts it in metrics and moves on.
 _C.DATALOADER.ON_BAD_IMAGE = "error"
-# Pin host memory (faster host-to-GPU copies); ignored on CPU.
+# Pin the training batches' host memory when the model trains on a GPU (MODEL.DEVICE cuda, or auto
+# with one present): the model's non_blocking copies then overlap with the host; ignored on CPU.
 _C.DATALOADER.PIN_MEMORY = True
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Value checks: an impossible value names the key, the value and the choices."""
 from __future__ import annotations
 
+from ..utils.errors import ConfigError
+
 _CHOICES = {
     "MODEL.META_ARCHITECTURE": ("GeneralizedRCNN", "Classifier", "Localizer"),
     "MODEL.RESNETS.DEPTH": (18, 34, 50, 101, 152),
@@ -9,7 +11,14 @@ _CHOICES = {
     "MODEL.RESNETS.RES5_DILATION": (1, 2),
     "MODEL.BACKBONE.FREEZE_AT": (0, 1, 2, 3, 4, 5),
     "MODEL.ROI_BOX_HEAD.NAME": ("Res5ROIHead", "FastRCNNConvFCHead"),
-    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlign", "ROIPool"),
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlign", "ROIAlignV2", "ROIPool"),
+    "MODEL.ROI_BOX_HEAD.POOLER_IMPL": ("gather", "torchvision"),
+    # torchvision's or detectron2's semantics (modeling/detector/detectron2_style.py)
+    "MODEL.ROI_BOX_HEAD.POOLER_LEVEL_MAPPING": ("torchvision", "detectron2"),
+    "MODEL.ANCHOR_GENERATOR.STYLE": ("torchvision", "detectron2"),
+    "MODEL.RPN.POSTPROCESS": ("torchvision", "detectron2"),
+    "MODEL.ROI_HEADS.POSTPROCESS": ("torchvision", "detectron2"),
+    "INPUT.RESIZE_ROUNDING": ("floor", "round"),
     "MODEL.CLASSIFIER.STYLE": ("imagenet", "cifar"),
     "INPUT.FORMAT": ("BGR", "RGB"),
     "INPUT.MEAN_MODE": ("per_channel", "per_pixel"),
@@ -32,11 +41,11 @@ def _get(cfg, key: str):
 
 
 def _fail(key, value, expected):
-    raise ValueError(f"{key}={value!r}: expected {expected}")
+    raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
 def validate_cfg(cfg) -> None:
-    """Raise ValueError naming the first key whose value cannot work."""
+    """Raise ConfigError (a ValueError) naming the first key whose value cannot work."""
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:

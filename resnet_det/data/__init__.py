@@ -1,13 +1,12 @@
 """Data sets, readers and detection loaders (detectron2 style); importing registers the built-ins."""
 from .build import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from .builtin import register_all_builtins
-from .catalog import (DatasetCatalog, DatasetNotFoundError, Metadata, MetadataCatalog, datasets_root,
-                      register_coco_instances, register_pascal_voc)
-from .coco import convert_to_coco_json, dataset_dicts_to_coco, load_coco_json
-from .demo import generate_shapes_dataset, make_classification_set, make_localization_set
+from .catalog import DatasetCatalog, DatasetNotFoundError, Metadata, MetadataCatalog, datasets_root
+from .coco import convert_to_coco_json, dataset_dicts_to_coco, load_coco_json, register_coco_instances
+from .demo import generate_shapes_dataset, make_classification_set, make_loader_benchmark_set, make_localization_set
 from .samplers import InferenceSampler, TrainingSampler
 from .transforms import BadImageError, DatasetMapper, read_image, read_skipped_images
-from .voc import VOC_CLASSES, load_voc_instances
+from .voc import VOC_CLASSES, load_voc_instances, register_pascal_voc
 
 register_all_builtins()
 
@@ -18,5 +17,5 @@ __all__ = [
     "build_detection_train_loader", "build_detection_test_loader", "get_detection_dataset_dicts",
     "TrainingSampler", "InferenceSampler",
     "load_coco_json", "dataset_dicts_to_coco", "convert_to_coco_json", "load_voc_instances", "VOC_CLASSES",
-    "generate_shapes_dataset", "make_classification_set", "make_localization_set",
+    "generate_shapes_dataset", "make_classification_set", "make_loader_benchmark_set", "make_localization_set",
 ]

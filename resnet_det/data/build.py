@@ -19,8 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .samplers import InferenceSampler, TrainingSampler, get_rank_and_world_size
+from .samplers import InferenceSampler, TrainingSampler
 from .transforms import DatasetMapper, read_skipped_images
+from ..utils import comm
+from ..utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +31,17 @@ def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
     """Concatenate registered data sets; with ``filter_empty`` drop images without a non-crowd box."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError("no data set names given (set DATASETS.TRAIN / DATASETS.TEST, e.g. "
-                         "DATASETS.TRAIN \"('shapes_train',)\")")
+        raise ConfigError("no data set names given (set DATASETS.TRAIN / DATASETS.TEST, e.g. "
+                          "DATASETS.TRAIN \"('shapes_train',)\")")
     dicts, classes = [], None
     for name in names:
         part = DatasetCatalog.get(name)
         if not part:
-            raise ValueError(f"data set {name!r} has no images")
+            raise DataError(f"data set {name!r} has no images")
         these = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and these is not None and list(these) != list(classes):
-            raise ValueError(f"data sets {names[0]!r} and {name!r} have different thing_classes "
-                             f"({list(classes)} vs {list(these)}); they cannot be trained together")
+            raise ConfigError(f"data sets {names[0]!r} and {name!r} have different thing_classes "
+                              f"({list(classes)} vs {list(these)}); they cannot be trained together")
         classes = classes if classes is not None else these
         dicts.extend(part)
     if filter_empty:
@@ -48,20 +50,9 @@ def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
         if before - len(dicts):
             logger.info("removed %d of %d images without (non-crowd) annotations", before - len(dicts), before)
         if not dicts:
-            raise ValueError(f"no image of {names} has a non-crowd annotation "
-                             f"(DATALOADER.FILTER_EMPTY_ANNOTATIONS removed all {before})")
+            raise DataError(f"no image of {names} has a non-crowd annotation "
+                            f"(DATALOADER.FILTER_EMPTY_ANNOTATIONS removed all {before})")
     return dicts
-
-
-def _shared_seed(seed: int) -> int:
-    """cfg.SEED, or (when negative) one random seed that every rank agrees on."""
-    if seed >= 0:
-        return int(seed)
-    box = [int(np.random.SeedSequence().generate_state(1)[0] >> 1)]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.broadcast_object_list(box, src=0)
-    logger.info("SEED < 0: the train loader uses seed %d", box[0])
-    return box[0]
 
 
 def _aspect_key(d: dict) -> int:
@@ -174,17 +165,23 @@ def build_detection_train_loader(cfg, mapper=None, start_iter: int = 0, dataset:
         batch = next(iter(build_detection_train_loader(cfg)))
         print(len(batch), batch[0]["image"].shape)
     """
-    rank, world = get_rank_and_world_size()
+    world = comm.get_world_size()
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     if dataset is None:
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    sampler = TrainingSampler(len(dataset), shuffle=True, seed=_shared_seed(cfg.SEED), rank=rank, world_size=world)
+    sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED)
     bad = set(read_skipped_images(cfg.OUTPUT_DIR)) if start_iter > 0 else set()
     return TrainLoader(dataset, mapper or DatasetMapper(cfg, is_train=True), sampler, total // world,
                        cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.DATALOADER.NUM_WORKERS,
-                       bool(cfg.DATALOADER.PIN_MEMORY) and torch.cuda.is_available(), start_iter, bad)
+                       bool(cfg.DATALOADER.PIN_MEMORY) and _trains_on_cuda(cfg), start_iter, bad)
+
+
+def _trains_on_cuda(cfg) -> bool:
+    """Pinned batches only help host-to-GPU copies: MODEL.DEVICE cuda[:N], or auto with a GPU present."""
+    device = str(cfg.MODEL.DEVICE)
+    return torch.cuda.is_available() and (device.startswith("cuda") or device == "auto")
 
 
 class _MapDataset(Dataset):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
-from .catalog import (DatasetCatalog, MetadataCatalog, _require, datasets_root, register_coco_instances,
-                      register_pascal_voc, unregister)
-from .coco import load_coco_json
+from .catalog import DatasetCatalog, MetadataCatalog, datasets_root, require_files, unregister
+from .coco import load_coco_json, register_coco_instances
 from .demo import SHAPES_CLASSES, ensure_shapes_dataset
+from .voc import register_pascal_voc
 
 # name -> (image folder, instances json), relative to the root.
 COCO_SPLITS = {
@@ -35,8 +35,8 @@ def _register_shapes(name: str, root: str) -> None:
 
     def load():
         ensure_shapes_dataset(dirname)  # generated in a few seconds on first use
-        _require(name, {json_file: "file", image_root: "dir"},
-                 f"the generated shapes set; {dirname} exists but is incomplete - delete it to regenerate")
+        require_files(name, {json_file: "file", image_root: "dir"},
+                      f"the generated shapes set; {dirname} exists but is incomplete - delete it to regenerate")
         return load_coco_json(json_file, image_root, dataset_name=name)
 
     DatasetCatalog.register(name, load)

@@ -3,13 +3,16 @@
     DatasetCatalog.register("my_set", lambda: [...])    # list of dataset dicts, see docs/CONTRACTS.md
     MetadataCatalog.get("my_set").set(thing_classes=["cat", "dog"], evaluator_type="coco")
     register_coco_instances("my_coco", {}, "ann.json", "images/")   # both of the above in one call
+
+The readers register their own formats (register_coco_instances in coco.py, register_pascal_voc in
+voc.py, as in detectron2); this module imports none of them.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Callable
 
-from .voc import VOC_CLASSES, load_voc_instances
+from ..utils.errors import MissingFileError, UnknownNameError
 
 # The data sets root; every built-in path is relative to it (see datasets/README.md).
 ENV_DATASETS_ROOT = "RESNET_DET_DATASETS"
@@ -21,14 +24,11 @@ def datasets_root() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get(ENV_DATASETS_ROOT, "./datasets")))
 
 
-class UnknownDatasetError(KeyError):
-    """A KeyError whose message prints as written (KeyError's str() would quote it)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+class UnknownDatasetError(UnknownNameError):
+    """A data set name that is not registered (a KeyError whose message prints as written)."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingFileError):
     """A registered data set whose files are not on disk: says what was expected where, and how to fix it."""
 
     def __init__(self, name: str, paths: list[str], layout: str):
@@ -39,9 +39,6 @@ class DatasetNotFoundError(FileNotFoundError):
                f"your files under another name with register_coco_instances / register_pascal_voc. "
                f"{README_HINT}")
         super().__init__(msg)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _unknown(kind: str, name: str, known) -> UnknownDatasetError:
@@ -154,51 +151,10 @@ def unregister(name: str) -> None:
     MetadataCatalog.remove(name)
 
 
-def _require(name: str, paths: dict[str, str], layout: str) -> None:
-    """Raise DatasetNotFoundError when any of ``{path: "file"|"dir"}`` is missing."""
+def require_files(name: str, paths: dict[str, str], layout: str) -> None:
+    """Raise DatasetNotFoundError for data set ``name`` when any of ``{path: "file"|"dir"}`` is missing;
+    ``layout`` says what was expected (readers and built-ins call this from their loaders)."""
     missing = [p for p, kind in paths.items()
                if not (os.path.isfile(p) if kind == "file" else os.path.isdir(p))]
     if missing:
         raise DatasetNotFoundError(name, missing, layout)
-
-
-COCO_LAYOUT = ("a COCO instances json (keys images, annotations, categories) and a folder with the "
-               "images its 'file_name' entries name, e.g. coco/annotations/instances_val2017.json "
-               "and coco/val2017/*.jpg")
-VOC_LAYOUT = ("a PASCAL VOC folder <dirname>/{Annotations/*.xml, JPEGImages/*.jpg, "
-              "ImageSets/Main/<split>.txt}, e.g. VOC2007/ImageSets/Main/trainval.txt")
-
-
-def register_coco_instances(name: str, metadata: dict, json_file: str, image_root: str) -> None:
-    """Register a COCO-format detection set: the loader and its metadata (evaluator_type "coco").
-
-    Args:
-        metadata: extra metadata (may be ``{}``); thing_classes come from the json's categories.
-        json_file: the instances json; image_root: the folder its file_names are relative to.
-    """
-    from .coco import load_coco_json
-
-    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-
-    def load():
-        _require(name, {json_file: "file", image_root: "dir"}, COCO_LAYOUT)
-        return load_coco_json(json_file, image_root, dataset_name=name)
-
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
-                                  **metadata)
-
-
-def register_pascal_voc(name: str, dirname: str, split: str, year: int, class_names=VOC_CLASSES) -> None:
-    """Register a PASCAL VOC split (evaluator_type "voc"); ``class_names`` default: the 20 VOC classes."""
-    class_names = list(class_names)
-    dirname = os.fspath(dirname)
-
-    def load():
-        _require(name, {os.path.join(dirname, "ImageSets", "Main", f"{split}.txt"): "file",
-                        os.path.join(dirname, "Annotations"): "dir"}, VOC_LAYOUT)
-        return load_voc_instances(dirname, split, class_names)
-
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(thing_classes=class_names, dirname=dirname, year=int(year),
-                                  split=split, evaluator_type="voc")

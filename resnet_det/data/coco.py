@@ -1,7 +1,7 @@
 """COCO instances json <-> dataset dicts (docs/CONTRACTS.md).
 
 Reading is defensive: each record is checked before pycocotools indexes it, so a broken file gives a
-ValueError naming the file, the image/annotation id and the field, never a KeyError from deep inside.
+DataError naming the file, the image/annotation id and the field, never a KeyError from deep inside.
 Geometry that has an obvious fix is fixed and counted (boxes clipped to the image, empty boxes dropped)
 and summarised in one log line.
 """
@@ -15,7 +15,15 @@ from collections import Counter
 
 from pycocotools.coco import COCO
 
+from ..utils.errors import DataError
+from ..utils.io import atomic_write
+from .catalog import DatasetCatalog, MetadataCatalog, require_files
+
 logger = logging.getLogger(__name__)
+
+COCO_LAYOUT = ("a COCO instances json (keys images, annotations, categories) and a folder with the "
+               "images its 'file_name' entries name, e.g. coco/annotations/instances_val2017.json "
+               "and coco/val2017/*.jpg")
 
 
 def _read_json(json_file: str) -> dict:
@@ -24,15 +32,15 @@ def _read_json(json_file: str) -> dict:
     try:
         text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as e:
-        raise ValueError(f"{json_file}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
-                         f"COCO json files must be UTF-8 - re-save it as UTF-8") from None
+        raise DataError(f"{json_file}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+                        f"COCO json files must be UTF-8 - re-save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file}: not valid JSON: {e}") from None
+        raise DataError(f"{json_file}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{json_file}: expected a JSON object with keys images, annotations, "
-                         f"categories; got {type(data).__name__}")
+        raise DataError(f"{json_file}: expected a JSON object with keys images, annotations, "
+                        f"categories; got {type(data).__name__}")
     return data
 
 
@@ -43,7 +51,7 @@ class _Checker:
         self.json_file = json_file
 
     def fail(self, where: str, field: str, msg: str):
-        raise ValueError(f"{self.json_file}: {where}: field {field!r} {msg}")
+        raise DataError(f"{self.json_file}: {where}: field {field!r} {msg}")
 
     def int_field(self, rec: dict, field: str, where: str, default=None, positive=False) -> int:
         if field not in rec:
@@ -151,7 +159,7 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
 
     Category ids are mapped to 0..K-1 in increasing id order; with ``dataset_name`` the mapping
     (``thing_dataset_id_to_contiguous_id``) and ``thing_classes`` are stored in its metadata.
-    Raises ValueError naming the file, record and field for data that cannot be fixed safely.
+    Raises DataError (a ValueError) naming the file, record and field for data that cannot be fixed safely.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     ck = _Checker(json_file)
@@ -186,8 +194,6 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
                  + (f" in {len(fixed_imgs[k])} images" if k in fixed_imgs else "") for k, n in stats.items()]
         logger.warning("%s: %s", json_file, "; ".join(parts))
     if dataset_name is not None:
-        from .catalog import MetadataCatalog
-
         MetadataCatalog.get(dataset_name).set(thing_classes=[c["name"] for c in cats],
                                               thing_dataset_id_to_contiguous_id=id_map)
     logger.info("loaded %d images, %d boxes from %s", len(dicts), len(anns), json_file)
@@ -233,16 +239,32 @@ def dataset_dicts_to_coco(dicts: list[dict], class_names: list[str],
 
 def convert_to_coco_json(dataset_name: str, output_file: str, allow_cached: bool = True) -> str:
     """Write registered data set ``dataset_name`` as a COCO json (atomically); returns the path."""
-    from .catalog import DatasetCatalog, MetadataCatalog
-
     if allow_cached and os.path.isfile(output_file):
         return output_file
     dicts = DatasetCatalog.get(dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     coco = dataset_dicts_to_coco(dicts, meta.thing_classes, meta.get("thing_dataset_id_to_contiguous_id"))
-    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-    tmp = f"{output_file}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(coco, f)
-    os.replace(tmp, output_file)
-    return output_file
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(coco, f)  # streamed: a large set's json need not fit in memory twice
+
+    return atomic_write(output_file, write)
+
+
+def register_coco_instances(name: str, metadata: dict, json_file: str, image_root: str) -> None:
+    """Register a COCO-format detection set: the loader and its metadata (evaluator_type "coco").
+
+    Args:
+        metadata: extra metadata (may be ``{}``); thing_classes come from the json's categories.
+        json_file: the instances json; image_root: the folder its file_names are relative to.
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+
+    def load():
+        require_files(name, {json_file: "file", image_root: "dir"}, COCO_LAYOUT)
+        return load_coco_json(json_file, image_root, dataset_name=name)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                                  **metadata)

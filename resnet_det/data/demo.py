@@ -39,7 +39,8 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _atomic_dir(final: str, write) -> str:
-    """Run ``write(tmpdir)`` and rename tmpdir to ``final``; if another process won the race, keep its."""
+    """Run ``write(tmpdir)`` and rename tmpdir to ``final``; if another process won the race, keep its.
+    (A whole folder appears at once here; utils.io.atomic_write is the same idea for one file.)"""
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     for old in os.listdir(parent):  # leftovers of interrupted runs (older than an hour)
@@ -73,14 +74,22 @@ def _detection_split(out: str, split: str, num_images: int, seed: int, classes) 
         name = f"{i:06d}.jpg"
         cv2.imwrite(os.path.join(out, split, name), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
-        for k, (x0, y0, x1, y1) in objs:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": k + 1, "iscrowd": 0,
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
-    coco = {"info": {"description": "resnet_det generated shapes", "version": SHAPES_VERSION,
-                     "seed": seed, "split": split},
-            "images": images, "annotations": anns,
+        _append_coco_boxes(anns, i + 1, objs)
+    _write_coco_json(os.path.join(out, "annotations", f"instances_{split}.json"), images, anns, classes,
+                     {"description": "resnet_det generated shapes", "version": SHAPES_VERSION, "seed": seed,
+                      "split": split})
+
+
+def _append_coco_boxes(anns: list, image_id: int, objs) -> None:
+    for k, (x0, y0, x1, y1) in objs:
+        anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": k + 1, "iscrowd": 0,
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+
+
+def _write_coco_json(path: str, images: list, anns: list, classes, info: dict) -> None:
+    coco = {"info": info, "images": images, "annotations": anns,
             "categories": [{"id": k + 1, "name": n} for k, n in enumerate(classes)]}
-    with open(os.path.join(out, "annotations", f"instances_{split}.json"), "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(coco, f)
 
 
@@ -98,6 +107,34 @@ def generate_shapes_dataset(dirname: str, num_train: int = 600, num_val: int = 1
     logger.info("generated the shapes data set (%d train / %d val images) in %s in %.1f s",
                 num_train, num_val, dirname, time.perf_counter() - t0)
     return dirname
+
+
+def make_loader_benchmark_set(dirname: str, num_images: int = 300, height: int = 480, width: int = 640,
+                              distinct: int = 8, seed: int = 0, classes=SHAPES_CLASSES) -> str:
+    """COCO-like JPEGs of one size with boxes, to time a training loader (tools/benchmark.py --sections loader).
+
+    Writes ``<dirname>/images/*.jpg`` and ``<dirname>/instances.json``. Only ``distinct`` scenes are
+    drawn (a 640x480 scene takes ~0.1 s to draw, decoding one ~3 ms); each file is one of them, so
+    decoding costs what it would for as many different photos of that size. Returns ``dirname``.
+    """
+    def write(tmp):
+        os.makedirs(os.path.join(tmp, "images"))
+        scenes = []
+        for j in range(min(distinct, num_images)):
+            rng = _rng(seed, "train", j)
+            scenes.append(render_scene(rng, height, width, classes, int(rng.integers(1, 7)), size_range=(0.05, 0.4),
+                                       n_distractors=2))
+        encoded = [cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])[1] for img, _ in scenes]
+        images, anns = [], []
+        for i in range(num_images):
+            name = f"{i:06d}.jpg"
+            encoded[i % len(scenes)].tofile(os.path.join(tmp, "images", name))
+            images.append({"id": i + 1, "file_name": name, "height": height, "width": width})
+            _append_coco_boxes(anns, i + 1, scenes[i % len(scenes)][1])
+        _write_coco_json(os.path.join(tmp, "instances.json"), images, anns, classes,
+                         {"description": "resnet_det loader benchmark set", "seed": seed})
+
+    return _atomic_dir(dirname, write)
 
 
 def ensure_shapes_dataset(dirname: str, **kwargs) -> str:

@@ -7,32 +7,34 @@ rank takes every world_size-th position of the one global stream (disjoint shard
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import torch
 
+from ..utils import comm
 
-def get_rank_and_world_size() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+logger = logging.getLogger(__name__)
 
 
 class TrainingSampler:
     """Infinite, seeded stream of data set indices, reshuffled each epoch and sharded by rank.
 
     ``indices(start)`` yields ``(position, index)`` for this rank's positions start, start + 1, ...;
-    position p of rank r is position r + p * world_size of the global stream.
+    position p of rank r is position r + p * world_size of the global stream. A negative ``seed``
+    (cfg.SEED < 0) draws one that every rank agrees on (a collective: every rank builds its sampler).
     """
 
     def __init__(self, size: int, shuffle: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None):
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a non-empty data set, got size {size}")
-        r, w = get_rank_and_world_size()
+        if seed < 0:
+            seed = comm.shared_random_seed()
+            logger.info("SEED < 0: the train loader uses seed %d", seed)
         self.size, self.shuffle, self.seed = size, shuffle, int(seed)
-        self.rank = r if rank is None else rank
-        self.world_size = w if world_size is None else world_size
+        self.rank = comm.get_rank() if rank is None else rank
+        self.world_size = comm.get_world_size() if world_size is None else world_size
         self._cache: tuple[int, torch.Tensor] | None = None
 
     def _epoch(self, epoch: int) -> torch.Tensor:
@@ -59,9 +61,8 @@ class InferenceSampler(torch.utils.data.Sampler):
     """Each index once, in order; rank r gets the r-th contiguous shard (sizes differ by at most 1)."""
 
     def __init__(self, size: int, rank: int | None = None, world_size: int | None = None):
-        r, w = get_rank_and_world_size()
-        rank = r if rank is None else rank
-        world_size = w if world_size is None else world_size
+        rank = comm.get_rank() if rank is None else rank
+        world_size = comm.get_world_size() if world_size is None else world_size
         per, extra = divmod(size, world_size)
         begin = rank * per + min(rank, extra)
         self._range = range(begin, begin + per + (rank < extra))

@@ -12,12 +12,14 @@ import cv2
 import numpy as np
 import torch
 
+from ..utils.errors import ConfigError, DataError
+
 logger = logging.getLogger(__name__)
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
 
 
-class BadImageError(ValueError):
+class BadImageError(DataError):
     """An image file that is missing, truncated, not an image, or not the size its annotation says."""
 
 
@@ -68,9 +70,9 @@ class DatasetMapper:
         self.flip_prob = float(cfg.INPUT.RANDOM_FLIP_PROB) if is_train else 0.0
         self.on_bad_image = cfg.DATALOADER.ON_BAD_IMAGE
         if self.image_format not in ("BGR", "RGB"):
-            raise ValueError(f"INPUT.FORMAT={self.image_format!r}: expected one of BGR, RGB")
+            raise ConfigError(f"INPUT.FORMAT={self.image_format!r}: expected one of BGR, RGB")
         if self.on_bad_image not in ("error", "skip"):
-            raise ValueError(f"DATALOADER.ON_BAD_IMAGE={self.on_bad_image!r}: expected one of error, skip")
+            raise ConfigError(f"DATALOADER.ON_BAD_IMAGE={self.on_bad_image!r}: expected one of error, skip")
         self.output_dir = cfg.OUTPUT_DIR
         self.num_skipped = 0  # in this process; skipped_images.txt has the total over workers
         self._rng = np.random.default_rng()

@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 
+from ..utils.errors import DataError
+from .catalog import DatasetCatalog, MetadataCatalog, require_files
+
 # The 20 VOC classes in the order of the VOC devkit; index = contiguous category id.
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -11,11 +14,14 @@ VOC_CLASSES = (
     "tvmonitor",
 )
 
+VOC_LAYOUT = ("a PASCAL VOC folder <dirname>/{Annotations/*.xml, JPEGImages/*.jpg, "
+              "ImageSets/Main/<split>.txt}, e.g. VOC2007/ImageSets/Main/trainval.txt")
+
 
 def _text(node, field: str, xml_file: str, where: str) -> str:
     child = node.find(field)
     if child is None or child.text is None or not child.text.strip():
-        raise ValueError(f"{xml_file}: {where}: field {field!r} is missing or empty")
+        raise DataError(f"{xml_file}: {where}: field {field!r} is missing or empty")
     return child.text.strip()
 
 
@@ -24,38 +30,38 @@ def _number(node, field: str, xml_file: str, where: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"{xml_file}: {where}: field {field!r} must be a number, got {value!r}") from None
+        raise DataError(f"{xml_file}: {where}: field {field!r} must be a number, got {value!r}") from None
 
 
 def _parse_xml(xml_file: str, class_index: dict, class_names) -> tuple[int, int, list]:
     try:
         root = ET.parse(xml_file).getroot()
     except ET.ParseError as e:
-        raise ValueError(f"{xml_file}: malformed XML ({e})") from None
+        raise DataError(f"{xml_file}: malformed XML ({e})") from None
     size = root.find("size")
     if size is None:
-        raise ValueError(f"{xml_file}: field 'size' is missing")
+        raise DataError(f"{xml_file}: field 'size' is missing")
     width = int(_number(size, "width", xml_file, "size"))
     height = int(_number(size, "height", xml_file, "size"))
     if width <= 0 or height <= 0:
-        raise ValueError(f"{xml_file}: size: width/height must be positive, got {width}x{height}")
+        raise DataError(f"{xml_file}: size: width/height must be positive, got {width}x{height}")
     anns = []
     for k, obj in enumerate(root.findall("object")):
         where = f"object {k}"
         name = _text(obj, "name", xml_file, where)
         if name not in class_index:
-            raise ValueError(f"{xml_file}: {where}: field 'name' is {name!r}, not one of the "
-                             f"{len(class_names)} classes {list(class_names)}; pass class_names=")
+            raise DataError(f"{xml_file}: {where}: field 'name' is {name!r}, not one of the "
+                            f"{len(class_names)} classes {list(class_names)}; pass class_names=")
         box = obj.find("bndbox")
         if box is None:
-            raise ValueError(f"{xml_file}: {where}: field 'bndbox' is missing")
+            raise DataError(f"{xml_file}: {where}: field 'bndbox' is missing")
         x0, y0, x1, y1 = (_number(box, f, xml_file, f"{where} bndbox") for f in ("xmin", "ymin", "xmax", "ymax"))
         # VOC pixel indexes are 1-based and inclusive; like detectron2, shift the top-left corner
         # by one so the box is [x0, x1) in 0-based continuous coordinates.
         x0, y0 = x0 - 1.0, y0 - 1.0
         if not (x1 > x0 and y1 > y0):
-            raise ValueError(f"{xml_file}: {where}: field 'bndbox' has no area: "
-                             f"xmin={x0 + 1:g} ymin={y0 + 1:g} xmax={x1:g} ymax={y1:g}")
+            raise DataError(f"{xml_file}: {where}: field 'bndbox' has no area: "
+                            f"xmin={x0 + 1:g} ymin={y0 + 1:g} xmax={x1:g} ymax={y1:g}")
         difficult = obj.find("difficult")
         is_difficult = difficult is not None and (difficult.text or "0").strip() not in ("0", "")
         anns.append({"bbox": [x0, y0, x1, y1], "category_id": class_index[name], "iscrowd": 0,
@@ -80,9 +86,24 @@ def load_voc_instances(dirname: str, split: str, class_names=VOC_CLASSES) -> lis
     for i, fileid in enumerate(ids):
         xml_file = os.path.join(dirname, "Annotations", f"{fileid}.xml")
         if not os.path.isfile(xml_file):
-            raise ValueError(f"{split_file}: lists {fileid!r} but {xml_file} does not exist")
+            raise DataError(f"{split_file}: lists {fileid!r} but {xml_file} does not exist")
         width, height, anns = _parse_xml(xml_file, class_index, class_names)
         dicts.append({"file_name": os.path.join(dirname, "JPEGImages", f"{fileid}.jpg"),
                       "image_id": int(fileid.replace("_", "")) if numeric else i,
                       "height": height, "width": width, "annotations": anns})
     return dicts
+
+
+def register_pascal_voc(name: str, dirname: str, split: str, year: int, class_names=VOC_CLASSES) -> None:
+    """Register a PASCAL VOC split (evaluator_type "voc"); ``class_names`` default: the 20 VOC classes."""
+    class_names = list(class_names)
+    dirname = os.fspath(dirname)
+
+    def load():
+        require_files(name, {os.path.join(dirname, "ImageSets", "Main", f"{split}.txt"): "file",
+                             os.path.join(dirname, "Annotations"): "dir"}, VOC_LAYOUT)
+        return load_voc_instances(dirname, split, class_names)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(thing_classes=class_names, dirname=dirname, year=int(year),
+                                  split=split, evaluator_type="voc")

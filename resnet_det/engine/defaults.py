@@ -10,8 +10,11 @@ import sys
 import numpy as np
 import torch
 
+from ..checkpoint import adopt_weight_conventions, restore_run_conventions
 from ..config import get_cfg, validate_cfg
 from ..utils import comm
+from ..utils.errors import ConfigError, UserInputError, user_message
+from ..utils.io import atomic_write_text
 from ..utils.logger import setup_logger
 from .solver import scale_schedule
 
@@ -38,14 +41,19 @@ def default_argument_parser(description: str = "resnet_det training") -> argpars
 
 
 def setup_cfg(args, adopt_weights: bool = True):
-    """Defaults <- config file <- KEY VALUE overrides <- weights' conventions; scaled; validated; frozen."""
+    """Defaults <- config file <- KEY VALUE overrides <- input convention; scaled; validated; frozen.
+
+    The input convention (INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, MODEL.RESNETS.STRIDE_IN_1X1) is, with
+    `--resume` and a checkpoint in OUTPUT_DIR, the one the interrupted run used; otherwise the one
+    MODEL.WEIGHTS records (checkpoint/conventions.py).
+    """
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(list(args.opts))
-    if adopt_weights and cfg.MODEL.WEIGHTS and not getattr(args, "resume", False):
-        from .checkpoint import adopt_weight_conventions
-
-        adopt_weight_conventions(cfg, cfg.MODEL.WEIGHTS)
+    if adopt_weights:
+        resume = getattr(args, "resume", False) and not getattr(args, "eval_only", False)
+        if not (resume and restore_run_conventions(cfg, args.opts)) and cfg.MODEL.WEIGHTS:
+            adopt_weight_conventions(cfg, cfg.MODEL.WEIGHTS)
     scale_schedule(cfg)
     validate_cfg(cfg)
     cfg.freeze()
@@ -88,34 +96,53 @@ def default_setup(cfg, args) -> None:
     seed = seed_all(cfg.SEED + rank if cfg.SEED >= 0 else cfg.SEED)
     logger.info("Seed %d", seed)
     if rank == 0:
-        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(cfg.dump())
+        path = atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
         logger.info("Full config saved to %s", path)
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+    configure_backends(cfg)
 
 
-class UserInputError(Exception):
-    """A problem in what the user gave (config, paths); tools print it without a traceback."""
+def configure_backends(cfg) -> None:
+    """Process-wide switches: cudnn.benchmark (CUDNN_BENCHMARK) picks the fastest conv algorithms
+    per input shape on GPU; with many distinct shapes (multi-scale training) the search can cost more
+    than it saves, hence a switch."""
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+
+
+USER_ERROR_EXIT = 2  # as argparse: the command was wrong, not the program
+
+
+def report_user_error(error: UserInputError) -> None:
+    """Print a user error as the one paragraph the tools show (no traceback)."""
+    print(f"\nerror: {user_message(error)}", file=sys.stderr)
+
+
+def exit_on_user_error(fn, *args, **kwargs):
+    """Run `fn(*args, **kwargs)`; a UserInputError (bad config key or value, missing or malformed
+    data set, missing or unreadable weights, a bad path) becomes one paragraph on stderr and exit
+    status 2. Any other exception is a bug and propagates with its traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except UserInputError as e:
+        report_user_error(e)
+        raise SystemExit(USER_ERROR_EXIT) from None
 
 
 def launch_tool(main_func, args) -> None:
-    """Run a tool's `main(args)` through `launch`, turning user errors (bad config keys or values,
-    missing data sets or weights) into one message and exit status 2 instead of a traceback."""
+    """Run a tool's `main(args)` through `launch` (user errors raised in spawned workers reach this
+    process as the same UserInputError), with exit_on_user_error around it."""
     from .launch import launch
 
-    try:
-        launch(main_func, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
-    except (UserInputError, FileNotFoundError) as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_user_error(launch, main_func, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url,
+                       args=(args,))
 
 
 def setup_cfg_or_exit(args, **kwargs):
-    """setup_cfg, with config mistakes reported as UserInputError (no traceback)."""
+    """setup_cfg, with the KeyError/ValueError of merging and validating the config (unknown key,
+    wrong type, impossible value) reported as UserInputError (no traceback)."""
     try:
         return setup_cfg(args, **kwargs)
+    except UserInputError:
+        raise
     except (KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise UserInputError(f"config error: {msg}") from None
+        raise ConfigError(f"config error: {msg}") from None

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..utils.errors import ConfigError, UserInputError, user_message
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,11 +39,19 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
         return main_func(*args)
     if dist_url == "auto":
         if num_machines != 1:
-            raise ValueError("--dist-url auto only works on one machine; give tcp://HOST:PORT of rank 0")
+            raise ConfigError("--dist-url auto only works on one machine; give tcp://HOST:PORT of rank 0")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    mp.start_processes(_worker, nprocs=num_gpus_per_machine, start_method="spawn",
-                       args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
-                             timeout_minutes))
+    # A worker's user error (bad data, weights, config) travels back as its message and is raised here
+    # once, as the same paragraph a single-process run prints; torch would show it as a child traceback.
+    user_errors = mp.get_context("spawn").SimpleQueue()
+    try:
+        mp.start_processes(_worker, nprocs=num_gpus_per_machine, start_method="spawn",
+                           args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args,
+                                 timeout_minutes, user_errors))
+    except Exception:
+        if not user_errors.empty():
+            raise UserInputError(user_errors.get()) from None
+        raise
 
 
 def _init_group(url: str, rank: int, world_size: int, local_rank: int, timeout_minutes: int) -> None:
@@ -52,10 +62,14 @@ def _init_group(url: str, rank: int, world_size: int, local_rank: int, timeout_m
                             rank=rank, timeout=timedelta(minutes=timeout_minutes))
 
 
-def _worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout_minutes):
+def _worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout_minutes,
+            user_errors):
     rank = machine_rank * per_machine + local_rank
     _init_group(dist_url, rank, world_size, local_rank, timeout_minutes)
     try:
         main_func(*args)
+    except UserInputError as e:
+        user_errors.put(user_message(e)[:20000])  # short: a full pipe would block this exit
+        raise SystemExit(2) from None  # not an Exception: torch's wrapper records no traceback for it
     finally:
         dist.destroy_process_group()

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .checkpoint import adopt_weight_conventions, load_model_weights
+from ..checkpoint import adopt_weight_conventions, load_model_weights
 from .trainer import resolve_device
 
 

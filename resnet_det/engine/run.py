@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 import os
 
+from ..checkpoint import load_model_weights
 from ..utils import comm
+from ..utils.errors import ConfigError
 from ..utils.events import MetricsWriter
-from .checkpoint import load_model_weights
 from .trainer import flatten_results
 
 logger = logging.getLogger("resnet_det")
@@ -15,7 +16,7 @@ logger = logging.getLogger("resnet_det")
 def run_detection(cfg, args, trainer_cls) -> dict:
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
-            raise SystemExit("--eval-only needs MODEL.WEIGHTS path/to/model.pth (a trained checkpoint)")
+            raise ConfigError("--eval-only needs MODEL.WEIGHTS path/to/model.pth (a trained checkpoint)")
         model = trainer_cls.build_model(cfg)
         from .trainer import resolve_device
 

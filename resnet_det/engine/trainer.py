@@ -11,10 +11,12 @@ import time
 import torch
 from torch import nn
 
-from ..modeling.fast import DeviceMeter, configure_backends
+from ..checkpoint import (META_KEYS, Checkpointer, check_resumed_conventions, load_model_weights,
+                          run_conventions)
 from ..utils import comm
 from ..utils.events import MetricsWriter, ProgressPrinter
-from .checkpoint import Checkpointer, load_model_weights
+from .defaults import configure_backends
+from .meter import DeviceMeter
 from .solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger("resnet_det.train")
@@ -50,7 +52,7 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.device = resolve_device(cfg)
-        configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (resnet_det/modeling/fast.py)
+        configure_backends(cfg)  # cudnn.benchmark from CUDNN_BENCHMARK (also for a Trainer built without the tools)
         model = self.build_model(cfg).to(self.device)  # builders apply MODEL.CHANNELS_LAST themselves
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -66,6 +68,9 @@ class Trainer:
         self._stop = threading.Event()
         amp = cfg.SOLVER.AMP
         self.amp_dtype = getattr(torch, amp.DTYPE) if amp.ENABLED and self.device.type == "cuda" else None
+        if amp.ENABLED and self.amp_dtype is None:
+            logger.warning("SOLVER.AMP.ENABLED applies on CUDA only: on %s the model trains in float32",
+                           self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
     # ---- what to train: override these -------------------------------------------------------
@@ -97,10 +102,12 @@ class Trainer:
 
     @staticmethod
     def weights_meta(cfg) -> dict:
-        """The input conventions recorded in every checkpoint (see engine.checkpoint)."""
-        return {"input_format": cfg.INPUT.FORMAT, "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
-                "pixel_std": list(cfg.MODEL.PIXEL_STD), "stride_in_1x1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
-                "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det"}
+        """The meta record of every checkpoint (checkpoint/meta.py): what the weights expect (read when
+        they are MODEL.WEIGHTS) and, under "config", the config values this run trained with
+        (restored by --resume, checkpoint/conventions.py)."""
+        used = run_conventions(cfg)
+        return {**{field: used[key] for field, key in META_KEYS.items() if key is not None},
+                "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det", "config": used}
 
     # ---- state ---------------------------------------------------------------------------------
     def resume_or_load(self, resume: bool = True) -> None:
@@ -108,6 +115,7 @@ class Trainer:
         otherwise initialise from MODEL.WEIGHTS (if set)."""
         state = self.checkpointer.resume() if resume else None
         if state is not None:
+            check_resumed_conventions(self.cfg, state.get("meta"), self.checkpointer.resumed_from)
             self.start_iter = state["iteration"] + 1
             self.best = state.get("best")
             self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
@@ -174,7 +182,9 @@ class Trainer:
             losses = self.model(batch)
         total = sum(losses.values())
         values = {k: v.detach() for k, v in losses.items()}
-        if not torch.isfinite(total):
+        # Decided by all ranks together (one all-reduce, one host sync): a rank that skipped backward
+        # alone would leave the others waiting in DDP's gradient all-reduce.
+        if not comm.all_ranks_true(torch.isfinite(total)):
             self._nonfinite(it, batch, "loss", {k: float(v) for k, v in values.items()})
             return
         self.optimizer.zero_grad(set_to_none=True)
@@ -186,7 +196,7 @@ class Trainer:
         clip = self.cfg.SOLVER.CLIP_GRADIENTS
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-        if not torch.isfinite(grad_norm) and self.scaler is None:
+        if self.scaler is None and not comm.all_ranks_true(torch.isfinite(grad_norm)):
             self._nonfinite(it, batch, "gradient", {"grad_norm": float(grad_norm)})
             return
         if self.scaler is not None:
@@ -218,7 +228,8 @@ class Trainer:
     def _nonfinite(self, it: int, batch, what: str, values: dict) -> None:
         ids = [d.get("image_id") for d in batch] if isinstance(batch, list) else "n/a"
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        msg = (f"non-finite {what} at iteration {it}: {bad} (all: {values}); image ids in the batch: "
+        where = f": {bad} (all: {values})" if bad else f" on another rank (rank {comm.get_rank()}: {values})"
+        msg = (f"non-finite {what} at iteration {it}{where}; image ids in the batch: "
                f"{ids}. Lower SOLVER.BASE_LR, set SOLVER.CLIP_GRADIENTS, check these images' "
                "annotations, or set SOLVER.ON_NONFINITE skip to skip such steps.")
         if self.cfg.SOLVER.ON_NONFINITE == "stop":

@@ -2,9 +2,10 @@
 classification, ILSVRC localization error, and the inference loop that feeds them."""
 from __future__ import annotations
 
+from ..data.catalog import MetadataCatalog
 from .classification import ClassificationEvaluator, topk_correct, topk_errors
 from .coco_evaluation import COCOEvaluator
-from .evaluator import DatasetEvaluator, DatasetEvaluators, data_catalogs, inference_on_dataset
+from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 from .localization import LocalizationEvaluator, localization_errors, oracle_localization_error
 from .voc_evaluation import PascalVOCDetectionEvaluator
 
@@ -21,8 +22,6 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> Da
     ``output_dir`` defaults to ``cfg.OUTPUT_DIR`` (COCO writes ``inference/`` files there). "localization"
     (Appendix C) is accepted beside the contract's coco / voc / classification.
     """
-    _, MetadataCatalog = data_catalogs()
-
     meta = MetadataCatalog.get(dataset_name)
     kind = meta.get("evaluator_type")
     if output_dir is None and cfg is not None:

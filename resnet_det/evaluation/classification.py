@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from .evaluator import DatasetEvaluator, format_table, gather_to_main
+from ..utils.comm import gather_to_main
+from .evaluator import DatasetEvaluator, format_table
 
 logger = logging.getLogger(__name__)
 

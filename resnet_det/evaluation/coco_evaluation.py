@@ -17,7 +17,11 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main, unique_images
+from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.coco import dataset_dicts_to_coco
+from ..utils.comm import gather_to_main
+from ..utils.errors import MissingFileError
+from .evaluator import DatasetEvaluator, format_table, unique_images
 
 logger = logging.getLogger(__name__)
 
@@ -32,28 +36,6 @@ def _quiet(fn, *args):
     with contextlib.redirect_stdout(buf):
         out = fn(*args)
     return out, buf.getvalue()
-
-
-def _dicts_to_coco(dataset_dicts: list[dict], thing_classes: list[str], id_map: dict | None) -> dict:
-    """Dataset dicts -> COCO instances dict; the data room's converter when it exists (one place)."""
-    try:
-        from resnet_det.data.coco import dataset_dicts_to_coco
-    except ImportError:
-        dataset_dicts_to_coco = None
-    if dataset_dicts_to_coco is not None:
-        return dataset_dicts_to_coco(dataset_dicts, thing_classes, id_map)
-    # Fallback with the same output: category id = the mapping's dataset id, else contiguous id + 1.
-    to_ds = {v: int(k) for k, v in id_map.items()} if id_map else {i: i + 1 for i in range(len(thing_classes))}
-    images, anns = [], []
-    for d in dataset_dicts:
-        images.append({k: d[k] for k in ("file_name", "height", "width")} | {"id": d["image_id"]})
-        for a in d.get("annotations", []):
-            x0, y0, x1, y1 = (float(v) for v in a["bbox"])
-            anns.append({"id": len(anns) + 1, "image_id": d["image_id"], "category_id": to_ds[a["category_id"]],
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                         "iscrowd": int(a.get("iscrowd", 0))})
-    return {"images": images, "annotations": anns,
-            "categories": [{"id": to_ds[i], "name": n} for i, n in enumerate(thing_classes)]}
 
 
 def instances_to_coco_results(instances: dict, image_id: int, contiguous_to_dataset: dict) -> list[dict]:
@@ -105,7 +87,7 @@ class COCOEvaluator(DatasetEvaluator):
             if thing_classes is None:
                 raise ValueError("COCOEvaluator: thing_classes are required when the ground truth is a "
                                  "list of dataset dicts (their category ids are contiguous indices)")
-            gt_dict = _dicts_to_coco(ground_truth, thing_classes, thing_dataset_id_to_contiguous_id)
+            gt_dict = dataset_dicts_to_coco(ground_truth, thing_classes, thing_dataset_id_to_contiguous_id)
             if output_dir:
                 path = os.path.join(output_dir, "inference", "gt_coco_format.json")
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -123,7 +105,7 @@ class COCOEvaluator(DatasetEvaluator):
         else:
             path = os.fspath(ground_truth)
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
+                raise MissingFileError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
             self._coco, _ = _quiet(COCO, path)
 
         cats = sorted(self._coco.loadCats(self._coco.getCatIds()), key=lambda c: c["id"])
@@ -147,8 +129,6 @@ class COCOEvaluator(DatasetEvaluator):
     @classmethod
     def from_dataset(cls, dataset_name: str, output_dir: str | None = None, **kwargs) -> "COCOEvaluator":
         """Build from a registered data set: its ``json_file`` when it has one, else its dataset dicts."""
-        DatasetCatalog, MetadataCatalog = data_catalogs()
-
         meta = MetadataCatalog.get(dataset_name)
         json_file = meta.get("json_file")
         if json_file and not os.path.isfile(json_file):

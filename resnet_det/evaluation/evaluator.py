@@ -2,7 +2,7 @@
 
 An evaluator sees every batch through ``process(inputs, outputs)`` and computes its metrics in
 ``evaluate()``. In a distributed run each process sees its shard of the data; evaluators gather what
-they collected to rank 0 with :func:`gather_to_main`, only rank 0 computes metrics, and the other ranks
+they collected to rank 0 with ``utils.comm.gather_to_main``, only rank 0 computes metrics, and the other ranks
 return ``{}``. Every rank must call ``evaluate()``, because the gather is a collective operation.
 """
 from __future__ import annotations
@@ -15,42 +15,13 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Sequence
 
 import torch
-import torch.distributed as dist
+from tabulate import tabulate
+
+from ..utils.comm import get_world_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetEvaluator", "DatasetEvaluators", "inference_on_dataset", "gather_to_main",
-           "is_main_process", "format_table"]
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers (no-ops in a single process)
-# ---------------------------------------------------------------------------------------------
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if _dist_ready() else 1
-
-
-def is_main_process() -> bool:
-    return not _dist_ready() or dist.get_rank() == 0
-
-
-def gather_to_main(items: list) -> list | None:
-    """Concatenate every rank's ``items`` (in rank order) on rank 0; other ranks get None.
-
-    Uses ``all_gather_object`` (works for gloo and NCCL alike); the extra copies on ranks > 0 are
-    dropped right away. Without an initialised process group it returns ``items`` unchanged.
-    """
-    if get_world_size() == 1:
-        return list(items)
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, list(items))
-    if dist.get_rank() != 0:
-        return None
-    return [x for part in gathered for x in part]
+__all__ = ["DatasetEvaluator", "DatasetEvaluators", "inference_on_dataset", "format_table"]
 
 
 def unique_images(records: list, image_id, who: str) -> list:
@@ -73,32 +44,9 @@ def unique_images(records: list, image_id, who: str) -> list:
     return out
 
 
-def data_catalogs():
-    """(DatasetCatalog, MetadataCatalog), imported lazily: resnet_det.data may import this package."""
-    try:
-        from resnet_det.data import DatasetCatalog, MetadataCatalog
-    except ImportError:  # the package does not re-export them (yet)
-        from resnet_det.data.catalog import DatasetCatalog, MetadataCatalog
-    return DatasetCatalog, MetadataCatalog
-
-
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], floatfmt: str = ".3f") -> str:
-    """A plain-text table: ``tabulate``'s "pipe" format when it is installed, else an aligned fallback."""
-    try:
-        from tabulate import tabulate
-    except ImportError:
-        tabulate = None
-    if tabulate is not None:
-        return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=floatfmt, numalign="left")
-
-    def cell(v):
-        return format(v, floatfmt) if isinstance(v, float) else str(v)
-
-    text = [[cell(h) for h in headers]] + [[cell(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in text if i < len(r)) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in text]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    """The evaluators' plain-text tables: tabulate's "pipe" format (Markdown-compatible)."""
+    return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=floatfmt, numalign="left")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 import torch
 from torchvision.ops import box_iou
 
-from .evaluator import DatasetEvaluator, format_table, gather_to_main, unique_images
+from ..utils.comm import gather_to_main
+from .evaluator import DatasetEvaluator, format_table, unique_images
 
 logger = logging.getLogger(__name__)
 

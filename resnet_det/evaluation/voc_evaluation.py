@@ -22,7 +22,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from .evaluator import DatasetEvaluator, data_catalogs, format_table, gather_to_main, unique_images
+from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..utils.comm import gather_to_main
+from .evaluator import DatasetEvaluator, format_table, unique_images
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +141,6 @@ class PascalVOCDetectionEvaluator(DatasetEvaluator):
     @classmethod
     def from_dataset(cls, dataset_name: str, **kwargs) -> "PascalVOCDetectionEvaluator":
         """Build from a registered VOC data set (its dataset dicts and ``thing_classes``)."""
-        DatasetCatalog, MetadataCatalog = data_catalogs()
-
         return cls(DatasetCatalog.get(dataset_name), MetadataCatalog.get(dataset_name).thing_classes, **kwargs)
 
     def reset(self) -> None:

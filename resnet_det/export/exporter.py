@@ -22,6 +22,10 @@ import numpy as np
 import torch
 import torchvision
 
+from ..modeling.backbone import CifarResNet
+from ..utils.errors import ConfigError, MissingFileError
+from ..utils.io import atomic_write_text
+
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 MIN_OPSET = 11  # torchvision registers roi_align / nms ONNX symbolics from opset 11
 DEFAULT_OPSET = 17
@@ -44,6 +48,9 @@ def _quiet_export():
         warnings.filterwarnings("ignore", message=".*If indices include negative values.*")
         # torchvision's postprocess re-wraps traced sizes in torch.tensor(); harmless here.
         warnings.filterwarnings("ignore", message=".*To copy construct from a tensor.*")
+        # Option A shortcuts (CIFAR nets, Table 3) subsample by x[..., ::2, ::2]: an ONNX Slice with
+        # step 2, which the exporter cannot constant-fold and says so; the graph is still right.
+        warnings.filterwarnings("ignore", message=".*Only steps=1 can be constant folded.*")
         yield
 
 
@@ -60,9 +67,9 @@ def export_artifact(module: torch.nn.Module, example: torch.Tensor, fmt: str, ou
                     model_type: str, opset: int = DEFAULT_OPSET) -> str:
     """Export `module` (a wrapper from wrappers.py) traced on `example`; returns the file path."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "onnx" and opset < MIN_OPSET:
-        raise ValueError(f"--opset {opset}: torchvision's RoIAlign and NMS need ONNX opset >= {MIN_OPSET}")
+        raise ConfigError(f"--opset {opset}: torchvision's RoIAlign and NMS need ONNX opset >= {MIN_OPSET}")
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, FORMATS[fmt])
     module = module.eval()
@@ -91,10 +98,22 @@ def class_names_from_cfg(cfg, num_classes: int) -> list[str]:
     return [f"class{i}" for i in range(num_classes)]
 
 
-def build_metadata(cfg, fmt: str, artifact: str, model_type: str, opset: int | None) -> dict:
-    """Everything a deployment needs to feed the artifact and read its outputs."""
+def input_normalization(cfg, model: torch.nn.Module) -> tuple[list[float], list[float]]:
+    """(pixel_mean, pixel_std) in 0-255 that `model` uses: a classifier's own buffers (under a
+    per-pixel mean, the mean image's channel average), the config's for a detector."""
+    clf = getattr(model, "classifier", model)  # ClassifierExport or the Classifier itself
+    if hasattr(clf, "net") and hasattr(clf, "pixel_mean"):
+        return clf.pixel_mean.flatten().tolist(), clf.pixel_std.flatten().tolist()
+    return list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
+
+
+def build_metadata(cfg, fmt: str, artifact: str, model_type: str, opset: int | None,
+                   model: torch.nn.Module) -> dict:
+    """Everything a deployment needs to feed the artifact and read its outputs. Classifier facts
+    (depth, style, classes, mean) are read from the exported `model`, not from the config."""
     i, m = cfg.INPUT, cfg.MODEL
     inputs, outputs, axes = io_names(model_type)
+    pixel_mean, pixel_std = input_normalization(cfg, model)
     meta = {
         "format": fmt, "file": os.path.basename(artifact), "model_type": model_type,
         "meta_architecture": m.META_ARCHITECTURE, "depth": m.RESNETS.DEPTH,
@@ -103,7 +122,7 @@ def build_metadata(cfg, fmt: str, artifact: str, model_type: str, opset: int | N
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "weights": m.WEIGHTS or None,
         "input": {"name": inputs[0], "dtype": "uint8", "value_range": [0, 255],
-                  "channel_order": i.FORMAT, "pixel_mean": list(m.PIXEL_MEAN), "pixel_std": list(m.PIXEL_STD),
+                  "channel_order": i.FORMAT, "pixel_mean": pixel_mean, "pixel_std": pixel_std,
                   "normalization": "inside the model: (x - pixel_mean) / pixel_std",
                   "dynamic_axes": {k: list(v.values()) for k, v in axes.items() if k == inputs[0]}},
         "outputs": outputs,
@@ -122,32 +141,40 @@ def build_metadata(cfg, fmt: str, artifact: str, model_type: str, opset: int | N
                                    "rpn_post_nms_topk": m.RPN.POST_NMS_TOPK_TEST}
         meta["class_names"] = class_names_from_cfg(cfg, h.NUM_CLASSES)
     else:
-        c = m.CLASSIFIER
+        clf = getattr(model, "classifier", model)
+        net, mean_image = clf.net, clf.mean_image
+        cifar = isinstance(net, CifarResNet)
         crop = int(i.CROP_SIZE)
-        resize = int(i.TEST_RESIZE) if c.STYLE == "imagenet" else crop
-        meta["variant"] = c.STYLE
+        resize = crop if cifar else int(i.TEST_RESIZE)
+        # depth 6n+2 for the Sec. 4.2 CIFAR nets, the Table 1 depth for the ImageNet ones
+        meta.update(depth=int(net.depth), variant="cifar" if cifar else "imagenet",
+                    num_classes=int(net.fc.out_features),
+                    mean_mode="per_pixel" if mean_image is not None else "per_channel")
         meta["input"]["layout"] = "NCHW (a batch)"
+        if mean_image is not None:
+            h, w = mean_image.shape[-2:]
+            meta["input"]["mean_image_shape"] = list(mean_image.shape)
+            meta["input"]["normalization"] = (
+                f"inside the model: (x - mean_image) / pixel_std for {h}x{w} inputs (the per-pixel mean of "
+                "the training set, Sec. 3.4), (x - pixel_mean) / pixel_std at other sizes (pixel_mean = "
+                "the mean image's channel average), as the eager Classifier")
         meta["size_rules"] = {"resize": "outside the model: shorter side to resize_shorter, then a "
                                         "center crop of crop_size", "resize_shorter": resize,
                               "crop_size": crop, "any_input_size": True}
         meta["output_convention"] = {"logits": "float32 (N, K); softmax for probabilities"}
-        meta["class_names"] = class_names_from_cfg(cfg, c.NUM_CLASSES)
+        meta["class_names"] = class_names_from_cfg(cfg, meta["num_classes"])
     return meta
 
 
 def write_metadata(meta: dict, artifact: str) -> str:
-    path = metadata_path(artifact)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, path)  # never a half-written metadata file next to a good model
-    return path
+    # Atomic: never a half-written metadata file next to a good model.
+    return atomic_write_text(metadata_path(artifact), json.dumps(meta, indent=2))
 
 
 def read_metadata(artifact: str) -> dict:
     path = metadata_path(artifact)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path!r} not found: an exported model needs the metadata JSON that "
+        raise MissingFileError(f"{path!r} not found: an exported model needs the metadata JSON that "
                                 "tools/export_model.py writes beside it (input convention, class names)")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -189,7 +216,7 @@ class ExportedModel:
 
     def __init__(self, path: str):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--model {path!r}: no such file (export one with tools/export_model.py)")
+            raise MissingFileError(f"--model {path!r}: no such file (export one with tools/export_model.py)")
         self.path, self.meta = path, read_metadata(path)
         self.format = self.meta["format"]
         if self.format == "torchscript":

@@ -6,8 +6,8 @@ import logging
 import numpy as np
 import torch
 
-from .exporter import (DEFAULT_OPSET, ExportedModel, build_metadata, export_artifact, preprocess,
-                       write_metadata)
+from .exporter import (DEFAULT_OPSET, ExportedModel, build_metadata, export_artifact, input_normalization,
+                       preprocess, write_metadata)
 from .verify import Tolerance, compare_detections, compare_logits, generated_image, second_shape, summarize
 from .wrappers import build_eager_model, make_export_module, model_type_of
 
@@ -39,9 +39,9 @@ def verify_exported(cfg, eager: torch.nn.Module, exported: ExportedModel, images
     if meta["input"]["channel_order"] != cfg.INPUT.FORMAT:
         problems.append(f"artifact expects {meta['input']['channel_order']} input, "
                         f"config INPUT.FORMAT is {cfg.INPUT.FORMAT}")
-    for key, value in (("pixel_mean", cfg.MODEL.PIXEL_MEAN), ("pixel_std", cfg.MODEL.PIXEL_STD)):
+    for key, value in zip(("pixel_mean", "pixel_std"), input_normalization(cfg, eager)):
         if not np.allclose(meta["input"][key], value):
-            problems.append(f"artifact {key} {meta['input'][key]} != config {list(value)}")
+            problems.append(f"artifact {key} {meta['input'][key]} != the eager model's {list(value)}")
     if problems:
         return {"passed": False, "convention_mismatch": problems, "images": []}
     reports = []
@@ -92,10 +92,10 @@ def export_model(cfg, fmt: str, output_dir: str, sample: np.ndarray | None = Non
     eager = build_eager_model(cfg) if model is None else model.eval()
     module = make_export_module(cfg, eager)
     images = verification_images(cfg, sample)
-    meta = build_metadata(cfg, fmt, "", model_type, opset)  # conventions only, to preprocess
+    meta = build_metadata(cfg, fmt, "", model_type, opset, eager)  # conventions only, to preprocess
     example = torch.from_numpy(preprocess(images[0], meta))
     path = export_artifact(module, example, fmt, output_dir, model_type, opset)
-    meta = build_metadata(cfg, fmt, path, model_type, opset)
+    meta = build_metadata(cfg, fmt, path, model_type, opset, eager)
     meta["verification"] = {"passed": None, "tolerance": tol.as_dict()}
     write_metadata(meta, path)  # ExportedModel reads it back, as deployed code will
     report = verify_exported(cfg, module, ExportedModel(path), images, tol)

@@ -3,15 +3,14 @@
 The eager detector takes and returns lists of dicts (docs/CONTRACTS.md); exporters need tensors.
 `DetectorExport` feeds one image through the detector's own `forward` (so an exported model computes
 exactly what `DefaultPredictor` does) and returns `(boxes, scores, classes)`. `ClassifierExport`
-puts the mean/std normalisation inside the graph, so deployed code feeds raw 0-255 pixels.
+runs the classifier's own normalisation (per-pixel mean image or per-channel mean, std) inside the
+graph, so deployed code feeds raw 0-255 pixels.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from ..modeling.backbone import cifar_resnet, resnet_kwargs_from_cfg
-from ..modeling.backbone.resnet import ResNet
+from ..utils.errors import ConfigError
 
 MODEL_TYPES = {"GeneralizedRCNN": "detector", "Classifier": "classifier"}
 
@@ -20,41 +19,35 @@ def model_type_of(cfg) -> str:
     """"detector" or "classifier" from MODEL.META_ARCHITECTURE; a clear error for anything else."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch not in MODEL_TYPES:
-        raise ValueError(f"MODEL.META_ARCHITECTURE={arch!r}: export supports "
+        raise ConfigError(f"MODEL.META_ARCHITECTURE={arch!r}: export supports "
                          f"{', '.join(MODEL_TYPES)} (Faster R-CNN C4/FPN and the classification nets)")
     return MODEL_TYPES[arch]
 
 
-def build_classifier(cfg) -> nn.Module:
-    """The classification net MODEL.CLASSIFIER describes (Table 1 ImageNet nets or Sec. 4.2 CIFAR nets).
-
-    Prefers `resnet_det.modeling.build_classifier` when the package provides one, so export builds
-    the same module as training; otherwise builds it here from the same config keys.
-    """
-    from .. import modeling
-
-    builder = getattr(modeling, "build_classifier", None)
-    if builder is not None:
-        return builder(cfg)
-    c, r = cfg.MODEL.CLASSIFIER, cfg.MODEL.RESNETS
-    if c.STYLE == "cifar":
-        return cifar_resnet(r.DEPTH, num_classes=c.NUM_CLASSES, shortcut=r.SHORTCUT, plain=r.PLAIN,
-                            norm=r.NORM)
-    kwargs = resnet_kwargs_from_cfg(cfg)
-    kwargs["freeze_at"] = 0  # freezing only matters for training; eval outputs are the same
-    return ResNet(num_classes=c.NUM_CLASSES, **kwargs)
-
-
 def build_eager_model(cfg) -> nn.Module:
-    """The eager model the config describes, on CPU, in eval mode, with MODEL.WEIGHTS loaded."""
-    from ..engine.checkpoint import load_model_weights
-    from ..modeling.detector import build_model
+    """The eager model the config describes, on CPU, in eval mode, with MODEL.WEIGHTS loaded.
 
-    model = build_model(cfg) if model_type_of(cfg) == "detector" else build_classifier(cfg)
-    model = model.to("cpu").eval()
+    Classifiers come from the classification package, the module pretraining trains and evaluates
+    (a sibling import: classification never imports export). Their weights must fill the net
+    exactly, and a per-pixel mean image comes from the checkpoint's meta.
+    """
+    if model_type_of(cfg) == "detector":
+        from ..checkpoint import load_model_weights
+        from ..modeling.detector import build_model
+
+        model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            load_model_weights(model, cfg.MODEL.WEIGHTS)
+        return model.to("cpu").eval()
+    from ..classification.model import build_classifier
+    from ..classification.trainer import build_eval_model
+
     if cfg.MODEL.WEIGHTS:
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
-    return model
+        return build_eval_model(cfg, cfg.MODEL.WEIGHTS, require_all=True).to("cpu").eval()
+    if cfg.INPUT.MEAN_MODE == "per_pixel":
+        raise ConfigError("INPUT.MEAN_MODE=per_pixel: export bakes the mean image the net was trained with "
+                         "into the graph; set MODEL.WEIGHTS to the pretraining checkpoint that records it")
+    return build_classifier(cfg).to("cpu").eval()
 
 
 class DetectorExport(nn.Module):
@@ -78,28 +71,27 @@ class DetectorExport(nn.Module):
 class ClassifierExport(nn.Module):
     """uint8 NCHW images (0-255, INPUT.FORMAT order) -> logits (N, num_classes).
 
-    Mean/std live in the graph (in the 0-255 range, like MODEL.PIXEL_MEAN/STD). The nets end in
-    global average pooling, so any input size works; the training crop (INPUT.CROP_SIZE) is the
-    size they were trained at, and Table 4's fully convolutional multi-scale test uses others.
+    The classifier's own `normalize` (mean image or per-channel mean, std) and net, not copies of
+    them: deployed code feeds raw pixels and gets eager `Classifier.forward`'s logits. The nets end
+    in global average pooling, so any input size works; a per-pixel mean image applies at its own
+    size (INPUT.CROP_SIZE) and its channel average at others, in the graph as in eager.
     """
 
-    def __init__(self, classifier: nn.Module, pixel_mean, pixel_std):
+    def __init__(self, classifier: nn.Module):
         super().__init__()
         self.classifier = classifier.eval()
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        return self.classifier(x)
+        return self.classifier.net(self.classifier.normalize(images))
 
 
 def make_export_module(cfg, model: nn.Module) -> nn.Module:
     """Wrap an eager model (from `build_eager_model`) for export."""
     if model_type_of(cfg) == "detector":
         return DetectorExport(model).eval()
-    if cfg.INPUT.MEAN_MODE != "per_channel":
-        raise ValueError(f"INPUT.MEAN_MODE={cfg.INPUT.MEAN_MODE!r}: export bakes MODEL.PIXEL_MEAN/STD into "
-                         "the graph and supports 'per_channel' only; the per-pixel mean image is not "
-                         "part of the weights")
-    return ClassifierExport(model, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)).eval()
+    from ..classification.model import Classifier
+
+    if not isinstance(model, Classifier):
+        raise TypeError(f"export takes the Classifier that resnet_det.classification.build_classifier "
+                        f"builds (normalisation + net), got {type(model).__name__}")
+    return ClassifierExport(model).eval()

@@ -21,6 +21,8 @@ import logging
 import os
 import xml.etree.ElementTree as ET
 
+from ..utils.errors import DataError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
@@ -38,31 +40,31 @@ def read_synsets(path: str) -> tuple[list[str], list[str]]:
             parts = line.split(maxsplit=1)
             wnid = parts[0]
             if wnid in wnids:
-                raise ValueError(f"{path}:{lineno}: wnid {wnid!r} is listed twice")
+                raise DataError(f"{path}:{lineno}: wnid {wnid!r} is listed twice")
             wnids.append(wnid)
             names.append(parts[1].split(",")[0].strip() if len(parts) > 1 else wnid)
     if not wnids:
-        raise ValueError(f"{path}: no '<wnid> <name>' lines")
+        raise DataError(f"{path}: no '<wnid> <name>' lines")
     return wnids, names
 
 
 def _number(text: str | None, where: str, field: str) -> int:
     if text is None or not text.strip():
-        raise ValueError(f"{where}: field {field!r} is missing or empty")
+        raise DataError(f"{where}: field {field!r} is missing or empty")
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{where}: field {field!r} must be a number, got {text.strip()!r}") from None
+        raise DataError(f"{where}: field {field!r} must be a number, got {text.strip()!r}") from None
     if value != int(value):
-        raise ValueError(f"{where}: field {field!r} must be an integer pixel index, got {text.strip()!r}")
+        raise DataError(f"{where}: field {field!r} must be an integer pixel index, got {text.strip()!r}")
     return int(value)
 
 
 def _box(x0: int, y0: int, x1: int, y1: int, where: str) -> list[float]:
     # Inclusive pixel indexes: the box covers pixels xmin..xmax, i.e. pixel edges [xmin, xmax + 1).
     if x1 < x0 or y1 < y0 or x0 < 0 or y0 < 0:
-        raise ValueError(f"{where}: box xmin={x0} ymin={y0} xmax={x1} ymax={y1} is not a box "
-                         "(need 0 <= xmin <= xmax and 0 <= ymin <= ymax)")
+        raise DataError(f"{where}: box xmin={x0} ymin={y0} xmax={x1} ymax={y1} is not a box "
+                        "(need 0 <= xmin <= xmax and 0 <= ymin <= ymax)")
     return [float(x0), float(y0), float(x1 + 1), float(y1 + 1)]
 
 
@@ -71,28 +73,28 @@ def read_ilsvrc_xml(path: str) -> tuple[int, int, list[tuple[str, list[float]]]]
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
-        raise ValueError(f"{path}: malformed XML ({e})") from None
+        raise DataError(f"{path}: malformed XML ({e})") from None
     size = root.find("size")
     if size is None:
-        raise ValueError(f"{path}: field 'size' is missing")
+        raise DataError(f"{path}: field 'size' is missing")
     width = _number(size.findtext("width"), f"{path}: size", "width")
     height = _number(size.findtext("height"), f"{path}: size", "height")
     if width <= 0 or height <= 0:
-        raise ValueError(f"{path}: size: width and height must be positive, got {width}x{height}")
+        raise DataError(f"{path}: size: width and height must be positive, got {width}x{height}")
     objects = []
     for k, obj in enumerate(root.findall("object")):
         where = f"{path}: object {k}"
         wnid = (obj.findtext("name") or "").strip()
         if not wnid:
-            raise ValueError(f"{where}: field 'name' (the wnid) is missing or empty")
+            raise DataError(f"{where}: field 'name' (the wnid) is missing or empty")
         bnd = obj.find("bndbox")
         if bnd is None:
-            raise ValueError(f"{where}: field 'bndbox' is missing")
+            raise DataError(f"{where}: field 'bndbox' is missing")
         coords = [_number(bnd.findtext(f), f"{where} bndbox", f) for f in ("xmin", "ymin", "xmax", "ymax")]
         box = _box(*coords, where)
         if box[2] > width or box[3] > height:
-            raise ValueError(f"{where}: bndbox xmax={coords[2]} ymax={coords[3]} lies outside the "
-                             f"{width}x{height} image")
+            raise DataError(f"{where}: bndbox xmax={coords[2]} ymax={coords[3]} lies outside the "
+                            f"{width}x{height} image")
         objects.append((wnid, box))
     return width, height, objects
 
@@ -104,19 +106,19 @@ def read_loc_csv(path: str) -> dict[str, list[tuple[str, list[float]]]]:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header[:2]) != CSV_HEADER:
-            raise ValueError(f"{path}: the first line must be the header {','.join(CSV_HEADER)!r}, got {header!r}")
+            raise DataError(f"{path}: the first line must be the header {','.join(CSV_HEADER)!r}, got {header!r}")
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if not row or not any(row):
                 continue
             if len(row) != 2 or not row[0].strip():
-                raise ValueError(f"{where}: expected 2 fields 'ImageId,PredictionString', got {row!r}")
+                raise DataError(f"{where}: expected 2 fields 'ImageId,PredictionString', got {row!r}")
             image_id, tokens = row[0].strip(), row[1].split()
             if not tokens or len(tokens) % 5:
-                raise ValueError(f"{where}: field 'PredictionString' has {len(tokens)} values; expected "
-                                 "groups of 5 'wnid xmin ymin xmax ymax'")
+                raise DataError(f"{where}: field 'PredictionString' has {len(tokens)} values; expected "
+                                "groups of 5 'wnid xmin ymin xmax ymax'")
             if image_id in out:
-                raise ValueError(f"{where}: ImageId {image_id!r} appears twice")
+                raise DataError(f"{where}: ImageId {image_id!r} appears twice")
             objs = []
             for g in range(0, len(tokens), 5):
                 fields = ("xmin", "ymin", "xmax", "ymax")
@@ -147,7 +149,7 @@ def _image_size(path: str) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except OSError as e:
-        raise ValueError(f"{path}: cannot read the image size ({e})") from None
+        raise DataError(f"{path}: cannot read the image size ({e})") from None
 
 
 def load_ilsvrc_localization(image_root: str, *, csv_file: str | None = None, ann_root: str | None = None,
@@ -162,7 +164,7 @@ def load_ilsvrc_localization(image_root: str, *, csv_file: str | None = None, an
             val agree (without it the class order is the sorted wnids this split contains).
     """
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"localization image folder {image_root!r} does not exist. Expected <split>/<wnid>/<name>.JPEG with "
             "<name>.xml beside it (or under ann_root), or the images of a LOC_<split>_solution.csv; for the "
             "built-in imagenet_loc_* sets, put them under $RESNET_DET_DATASETS/imagenet (datasets/README.md)")
@@ -172,8 +174,8 @@ def load_ilsvrc_localization(image_root: str, *, csv_file: str | None = None, an
         for image_id, objs in read_loc_csv(csv_file).items():
             key = image_id if image_id in images else f"{image_id.split('_')[0]}/{image_id}"
             if key not in images:
-                raise FileNotFoundError(f"{csv_file}: ImageId {image_id!r} has no image {image_root}/{image_id}.* "
-                                        f"nor {image_root}/{key}.* (extensions {IMAGE_EXTENSIONS})")
+                raise MissingFileError(f"{csv_file}: ImageId {image_id!r} has no image {image_root}/{image_id}.* "
+                                       f"nor {image_root}/{key}.* (extensions {IMAGE_EXTENSIONS})")
             records.append((images[key], None, None, objs, None))
     else:
         ann_root = ann_root or image_root
@@ -190,7 +192,7 @@ def load_ilsvrc_localization(image_root: str, *, csv_file: str | None = None, an
             logger.info("%s: %d of %d images have no bounding-box XML in %s; skipped", image_root, missing,
                         len(images), ann_root)
     if not records:
-        raise ValueError(f"{image_root}: no annotated images (CSV {csv_file}, XML root {ann_root})")
+        raise DataError(f"{image_root}: no annotated images (CSV {csv_file}, XML root {ann_root})")
 
     if synset_file is not None:
         wnids, names = read_synsets(synset_file)
@@ -202,8 +204,8 @@ def load_ilsvrc_localization(image_root: str, *, csv_file: str | None = None, an
     for image_id, (path, w, h, objs, folder) in enumerate(records):
         for wnid, _ in objs:
             if wnid not in index:
-                raise ValueError(f"{path}: object class {wnid!r} is not in the synset list "
-                                 f"({synset_file or 'the wnids of ' + image_root}, {len(wnids)} classes)")
+                raise DataError(f"{path}: object class {wnid!r} is not in the synset list "
+                                f"({synset_file or 'the wnids of ' + image_root}, {len(wnids)} classes)")
         if not objs:
             logger.warning("%s: no objects in its annotation; skipped", path)
             continue
@@ -232,7 +234,7 @@ def register_ilsvrc_localization(name: str, image_root: str, *, csv_file: str | 
             prepare()
         syn = synset_file if synset_file is None or os.path.isfile(synset_file) else None
         if synset_file is not None and syn is None and not synset_optional:
-            raise FileNotFoundError(f"data set {name!r}: synset file {synset_file!r} does not exist")
+            raise MissingFileError(f"data set {name!r}: synset file {synset_file!r} does not exist")
         dicts, wnids, names = load_ilsvrc_localization(image_root, csv_file=csv_file, ann_root=ann_root,
                                                        synset_file=syn)
         MetadataCatalog.get(name).set(thing_classes=names, wnids=wnids)

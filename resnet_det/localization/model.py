@@ -14,7 +14,6 @@ anchor (per-class regression, PCR). Every class's box is returned too, for the o
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -23,11 +22,10 @@ from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.ops import box_iou, clip_boxes_to_image
 
-from ..modeling.backbone import ResNet, resnet_kwargs_from_cfg
+from ..modeling.backbone import ResNet, build_resnet
 from ..modeling.backbone.build import warn_frozen_random_init
-from ..modeling.fast import to_channels_last
-
-logger = logging.getLogger(__name__)
+from ..modeling.speed import to_channels_last
+from ..utils.errors import ConfigError
 
 IN_FEATURES = ("res4", "res5")
 
@@ -209,19 +207,19 @@ def build_localizer(cfg) -> Localizer:
     """
     m = cfg.MODEL
     if m.META_ARCHITECTURE != "Localizer":
-        raise ValueError(f"MODEL.META_ARCHITECTURE={m.META_ARCHITECTURE!r}: build_localizer builds 'Localizer'")
+        raise ConfigError(f"MODEL.META_ARCHITECTURE={m.META_ARCHITECTURE!r}: build_localizer builds 'Localizer'")
     feat = m.LOCALIZER.IN_FEATURE
     if feat not in IN_FEATURES:
-        raise ValueError(f"MODEL.LOCALIZER.IN_FEATURE={feat!r}: expected one of {', '.join(IN_FEATURES)}")
+        raise ConfigError(f"MODEL.LOCALIZER.IN_FEATURE={feat!r}: expected one of {', '.join(IN_FEATURES)}")
     sizes, ratios = m.ANCHOR_GENERATOR.SIZES, m.ANCHOR_GENERATOR.ASPECT_RATIOS
     if len(sizes) != 1 or len(ratios) != 1:
-        raise ValueError(f"MODEL.ANCHOR_GENERATOR.SIZES={sizes} / ASPECT_RATIOS={ratios}: the Localizer reads "
-                         "one feature map, so give one list each, e.g. [[32, 64, 128, 256]] and [[0.5, 1.0, 2.0]]")
+        raise ConfigError(f"MODEL.ANCHOR_GENERATOR.SIZES={sizes} / ASPECT_RATIOS={ratios}: the Localizer reads "
+                          "one feature map, so give one list each, e.g. [[32, 64, 128, 256]] and [[0.5, 1.0, 2.0]]")
     k = m.CLASSIFIER.NUM_CLASSES
     if k < 1:
-        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={k}: expected at least 1")
+        raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={k}: expected at least 1")
     warn_frozen_random_init(cfg)
-    net = ResNet(num_classes=k, out_features=list(dict.fromkeys([feat, "res5"])), **resnet_kwargs_from_cfg(cfg))
+    net = build_resnet(cfg, num_classes=k, out_features=list(dict.fromkeys([feat, "res5"])))
     anchors = cell_anchors(sizes[0], ratios[0])
     head = PerClassRPNHead(net._specs[feat].channels, k, len(anchors), m.LOCALIZER.HEAD_CHANNELS)
     model = Localizer(net, head, anchors, in_feature=feat, pixel_mean=list(m.PIXEL_MEAN),
@@ -229,26 +227,3 @@ def build_localizer(cfg) -> Localizer:
                       batch_size_per_image=m.RPN.BATCH_SIZE_PER_IMAGE, positive_fraction=m.RPN.POSITIVE_FRACTION,
                       box_loss_weight=m.LOCALIZER.BOX_LOSS_WEIGHT, test_size=cfg.INPUT.TEST_RESIZE)
     return to_channels_last(model) if m.CHANNELS_LAST else model
-
-
-def load_localizer_weights(model: Localizer, path: str) -> dict:
-    """MODEL.WEIGHTS into a Localizer; returns the load report (loaded / reinitialized / missing / unused).
-
-    A Localizer checkpoint (keys ``net.*``, ``head.*``) loads into the whole model. Anything else is taken
-    as classification weights and loaded into ``model.net`` explicitly, by
-    ``engine.checkpoint.load_model_weights``: wrapper prefixes (``module.``, ``net.``, ``model.``) are
-    stripped there, detectron2/MSRA names are converted to torchvision's, and an ``fc`` of another class
-    count keeps its fresh initialisation (reported as reinitialized). The head is always "missing" then.
-    """
-    from ..engine.checkpoint import _unwrap, load_model_weights, read_weights
-
-    model = _unwrap(model)
-    sd, _ = read_weights(path)
-    if any(k.startswith("head.") for k in sd):
-        return load_model_weights(model, path)
-    report = load_model_weights(model.net, path)
-    report = {k: [f"net.{x}" if k != "unused" else x for x in v] for k, v in report.items()}
-    report["missing"] += [f"head.{k}" for k in model.head.state_dict()]
-    logger.info("Localizer: backbone and fc from %s; the per-class head (%d tensors) starts from its "
-                "initialisation", path, len(model.head.state_dict()))
-    return report

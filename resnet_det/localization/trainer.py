@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from ..checkpoint import load_model_weights
 from ..engine import Trainer
-from .model import build_localizer, load_localizer_weights
+from ..utils.errors import ConfigError
+from .model import build_localizer
 
 logger = logging.getLogger("resnet_det.train")
 
@@ -17,8 +19,8 @@ def check_num_classes(cfg, dataset_names) -> None:
     for name in dataset_names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.CLASSIFIER.NUM_CLASSES:
-            raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={cfg.MODEL.CLASSIFIER.NUM_CLASSES} but data set "
-                             f"{name!r} has {len(classes)} classes; set MODEL.CLASSIFIER.NUM_CLASSES {len(classes)}")
+            raise ConfigError(f"MODEL.CLASSIFIER.NUM_CLASSES={cfg.MODEL.CLASSIFIER.NUM_CLASSES} but data set "
+                              f"{name!r} has {len(classes)} classes; set MODEL.CLASSIFIER.NUM_CLASSES {len(classes)}")
 
 
 class LocalizerTrainer(Trainer):
@@ -63,10 +65,7 @@ class LocalizerTrainer(Trainer):
         return LocalizationEvaluator(k=(1, 5))
 
     def load_initial_weights(self, path: str) -> None:
-        """MODEL.WEIGHTS may be classification weights (loaded into the backbone and fc, see
-        load_localizer_weights) as well as a Localizer checkpoint."""
-        self.weights_report = load_localizer_weights(self.model, path)
-        if not self.weights_report["loaded"]:
-            raise ValueError(f"MODEL.WEIGHTS {path!r}: no tensor matched the Localizer "
-                             f"(unused: {self.weights_report['unused'][:5]} ...); expected classification "
-                             "ResNet weights (torchvision/detectron2/MSRA names) or a Localizer checkpoint")
+        """MODEL.WEIGHTS: a Localizer checkpoint loads whole; classification weights (any naming) fill
+        `net`, an fc of another class count and the per-class head keep their initialisation
+        (checkpoint.load_model_weights; the report is kept in `weights_report`)."""
+        self.weights_report = load_model_weights(self.model, path)

@@ -2,9 +2,11 @@
 
 Timings of several implementations are interleaved (A B C, C B A, A B C, ...) so that load from other
 processes, thermal drift or a background job hits every implementation alike; we report medians after
-warm-up. Peak memory: on GPU `torch.cuda.max_memory_allocated`; on CPU Python's tracemalloc does not see
-torch's allocations, so each case runs in a fresh child process (forked from a server that has only
-imported torch) and we read the kernel's high-water mark of resident memory (`ru_maxrss`).
+warm-up; on a GPU the device is synchronised before the clock starts and before it stops. Peak memory:
+on GPU `torch.cuda.max_memory_allocated` over one more call of each case (`cuda_step_memory`); on CPU
+Python's tracemalloc does not see torch's allocations, so each case runs in a fresh child process (forked
+from a server that has only imported torch) and we read the kernel's high-water mark of resident memory
+(`ru_maxrss`). `profile_step` writes torch.profiler's top ops and the calls that make the host wait.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import platform
 import resource
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["pretrained_like_norms", "machine_info", "synchronize", "interleaved_times", "summarize", "rss_mb",
-           "peak_rss_mb", "measure_peak_memory", "compare_outputs", "markdown_table", "run_group", "ratio", "report_markdown"]
+__all__ = ["pretrained_like_norms", "machine_info", "gpu_driver_version", "synchronize", "interleaved_times",
+           "summarize", "rss_mb", "peak_rss_mb", "measure_peak_memory", "cuda_step_memory", "compare_outputs",
+           "markdown_table", "run_group", "profile_step", "ratio", "report_markdown"]
 
 
 def pretrained_like_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -61,10 +64,33 @@ def machine_info(device: torch.device) -> dict:
     except OSError:
         pass
     if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
-                    tf32_conv=torch.backends.cudnn.allow_tf32)
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=torch.cuda.get_device_name(device), gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    capability=f"{props.major}.{props.minor}", driver=gpu_driver_version(),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
     return info
+
+
+def gpu_driver_version() -> str | None:
+    """The NVIDIA driver version (nvidia-smi, else NVML), or None where neither answers."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # NVML missing or unusable: the report says "driver None"
+        return None
 
 
 def synchronize(device: torch.device) -> None:
@@ -133,41 +159,39 @@ def _probe(build, spec, threads: int, steps: int, conn) -> None:
 _CONTEXT = None
 
 
-def _context():
-    """A fork server that has imported torch: children start fast and own a fresh ru_maxrss."""
+def _context(preload: Sequence[str] = ()):
+    """A fork server that has imported torch (and `preload`, named by the caller: utils imports nothing
+    of ours): children start fast and own a fresh ru_maxrss. One server per process: the first call's
+    `preload` is the one it keeps."""
     global _CONTEXT
     if _CONTEXT is None:
         if "forkserver" in mp.get_all_start_methods():
             _CONTEXT = mp.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["torch", "torchvision", "resnet_det.modeling"])
+            _CONTEXT.set_forkserver_preload(["torch", "torchvision", *preload])
         else:
             _CONTEXT = mp.get_context("spawn")
     return _CONTEXT
 
 
-def measure_peak_memory(build: Callable, spec, *, device: torch.device, threads: int, steps: int = 2) -> dict:
+def measure_peak_memory(build: Callable, spec, *, device: torch.device, threads: int, steps: int = 2,
+                        preload: Sequence[str] = ()) -> dict:
     """Peak memory of `build(spec)()` (a step function) run `steps` times.
 
-    `build` must be a module-level function (it is pickled by name for the child process on CPU).
-    CUDA: peak allocated by torch over the steps, in this process. CPU: resident memory of a child
+    `build` must be a module-level function (it is pickled by name for the child process on CPU);
+    `preload`: modules the CPU children's fork server imports once (e.g. the package `build` needs).
+    CUDA: in this process, as `cuda_step_memory` (one measured call). CPU: resident memory of a child
     process after building (`rss_setup_mb`), its high-water mark (`rss_peak_mb`) and their difference
     (`step_peak_over_setup_mb`, what the steps add on top of weights and inputs).
     """
     if device.type == "cuda":
+        before = _allocated(device)
         step = build(spec)
-        step()  # lazy state (cudnn workspaces, optimizer buffers) is part of steady state
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
+        step()  # lazy state (cudnn workspaces, optimizer buffers) is part of the case's own memory
+        out = cuda_step_memory(step, device, _allocated(device) - before)
         del step
         torch.cuda.empty_cache()
-        return {"cuda_setup_mb": base / 2**20, "cuda_peak_mb": peak / 2**20,
-                "step_peak_over_setup_mb": (peak - base) / 2**20}
-    ctx = _context()
+        return out
+    ctx = _context(preload)
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_probe, args=(build, spec, threads, steps, child))
     proc.start()
@@ -213,16 +237,32 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def run_group(name: str, section: str, builder: Callable, specs: list[dict], images: int, *,
-              device: torch.device, warmup: int, iters: int, threads: int, memory: bool = True) -> list[dict]:
+              device: torch.device, warmup: int, iters: int, threads: int, memory: bool = True,
+              preload: Sequence[str] = ()) -> list[dict]:
     """One comparison: build every implementation (`builder(spec)` -> object with `step()` via
     `__call__` and `check()` -> dict of tensors), compare outputs with the first, time them
-    interleaved, then measure each one's peak memory in isolation. Returns one row per spec."""
-    cases = {s["impl"]: builder(s) for s in specs}
+    interleaved, then measure each one's peak memory. Returns one row per spec.
+
+    CUDA: every case stays resident; each one's own memory (`cuda_setup_mb`: weights, inputs, and the
+    optimizer state and workspaces its first call creates) is what its building and first call left
+    allocated, and `step_peak_over_setup_mb` is how far one more call raises `max_memory_allocated`
+    above what was allocated before it. CPU: a child process per case (`measure_peak_memory`, with `preload`)."""
+    cuda = device.type == "cuda"
+    cases, setup = {}, {}
+    for s in specs:
+        before = _allocated(device)
+        cases[s["impl"]] = builder(s)
+        if cuda and memory:
+            cases[s["impl"]]()
+            setup[s["impl"]] = _allocated(device) - before
     ref_impl = specs[0]["impl"]
     ref = cases[ref_impl].check()
     checks = {impl: compare_outputs(ref, c.check()) for impl, c in cases.items()}
     times = interleaved_times(cases, warmup=warmup, iters=iters, device=device)
+    mem = {impl: cuda_step_memory(c, device, setup[impl]) for impl, c in cases.items()} if cuda and memory else {}
     del cases
+    if cuda:
+        torch.cuda.empty_cache()
     ref_median = summarize(times[ref_impl])["median_s"]
     rows = []
     for s in specs:
@@ -232,24 +272,86 @@ def run_group(name: str, section: str, builder: Callable, specs: list[dict], ima
                "reference": ref_impl, "check": checks[s["impl"]]}
         row["speedup"] = ref_median / st["median_s"]
         if memory:
-            row["memory"] = measure_peak_memory(builder, s, device=device, threads=threads)
+            row["memory"] = mem[s["impl"]] if cuda else measure_peak_memory(builder, s, device=device,
+                                                                            threads=threads, preload=preload)
         rows.append(row)
     return rows
 
 
-def ratio(rows: list[dict], group_prefix: str, impl: str, ref: str = "torchvision") -> float | None:
-    """Median time of `ref` over that of `impl` in the first group whose name starts with the prefix."""
-    sel = {r["impl"]: r["median_s"] for r in rows if r["group"].startswith(group_prefix)}
+def _allocated(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    synchronize(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def cuda_step_memory(step: Callable, device: torch.device, setup_bytes: int) -> dict:
+    """One more call of `step` with the peak counter reset: how far it rises above what was allocated
+    before the call (other resident cases included in both), plus the case's own resident memory."""
+    base = _allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    synchronize(device)
+    over = torch.cuda.max_memory_allocated(device) - base
+    return {"cuda_setup_mb": setup_bytes / 2**20, "step_peak_over_setup_mb": over / 2**20,
+            "cuda_peak_mb": (setup_bytes + over) / 2**20}
+
+
+def profile_step(step: Callable, device: torch.device, *, warmup: int = 2, steps: int = 2, rows: int = 30) -> str:
+    """torch.profiler over `steps` calls of `step` after `warmup`: the top ops by self device time on
+    CUDA (self CPU time on CPU), and per step the calls that make the host wait for the device
+    (`aten::_local_scalar_dense` is every `.item()` / `float(tensor)` / `if tensor:`; `aten::nonzero`
+    and boolean-mask indexing size their output on the host; `cudaStreamSynchronize` /
+    `cudaDeviceSynchronize` and device-to-host copies wait as well)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    events = prof.key_averages()
+    counts = {e.key: e.count for e in events}
+    waits = ["aten::_local_scalar_dense", "aten::nonzero", "aten::item", "cudaStreamSynchronize",
+             "cudaDeviceSynchronize", "cudaMemcpy", "Memcpy DtoH (Device -> Pinned)",
+             "Memcpy DtoH (Device -> Pageable)"]
+    lines = [f"calls per step that wait for the device (over {steps} steps):"]
+    lines += [f"  {k}: {counts[k] / steps:g}" for k in waits if k in counts]
+    table = None
+    for key in (["self_device_time_total", "self_cuda_time_total"] if device.type == "cuda" else []) + \
+            ["self_cpu_time_total"]:
+        try:
+            table = events.table(sort_by=key, row_limit=rows)
+            lines.append(f"top {rows} ops by {key}:")
+            break
+        except Exception:  # older/newer profilers name the device column differently
+            continue
+    return "\n".join(lines + [table or ""])
+
+
+def ratio(rows: list[dict], group_prefix: str, impl: str, ref: str = "torchvision", exact: bool = False
+          ) -> float | None:
+    """Median time of `ref` over that of `impl` in the first group whose name starts with the prefix
+    (or, with `exact`, is the name)."""
+    sel = {r["impl"]: r["median_s"] for r in rows
+           if (r["group"] == group_prefix if exact else r["group"].startswith(group_prefix))}
     return sel[ref] / sel[impl] if impl in sel and ref in sel else None
 
 
 def report_markdown(report: dict) -> str:
     """The report of tools/benchmark.py as Markdown: machine, command, one table, loader, ratios."""
     m = report["machine"]
-    lines = [f"Machine: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']})"
-             + (f", GPU {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}, torchvision "
-             f"{m['torchvision']}, python {m['python']}; device {m['device']}.", "",
+    gpu = (f", GPU {m['gpu']} ({m.get('gpu_memory_gb')} GB, compute capability {m.get('capability')}, driver "
+           f"{m.get('driver')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}, TF32 convs {m.get('tf32_conv')} / "
+           f"matmuls {m.get('tf32_matmul')})" if "gpu" in m else "")
+    lines = [f"Machine: {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}){gpu}; torch "
+             f"{m['torch']}, torchvision {m['torchvision']}, python {m['python']}; device {m['device']}.", "",
              f"Command: `{report['command']}`", ""]
+    if report.get("skipped"):
+        lines += [f"Not run (time budget): {', '.join(report['skipped'])}", ""]
     for r in report["results"]:
         mem = r.get("memory", {})
         r["peak_mb"] = mem.get("cuda_peak_mb", mem.get("rss_peak_mb"))
@@ -264,6 +366,25 @@ def report_markdown(report: dict) -> str:
                   markdown_table(report["data"], [("workers", "workers"), ("images_per_s", "loader images/s"),
                                                   ("pin_memory", "pinned")]), ""]
         lines += [f"Loader starves the demo model: {report['data_starved']}", ""]
-    lines += ["Headline ratios (higher is faster for ours):", ""]
-    lines += [f"- {k}: {'n/a' if v is None else f'{v:.2f}x'}" for k, v in report["headline"].items()]
+    if report.get("loader"):
+        lo = report["loader"]
+        lines += [f"Training loader on {lo['images']} generated {lo['image_size']} JPEGs ({lo['config']}: "
+                  f"{lo['workers']} workers, pin_memory {lo['pin_memory_config']} -> batches pinned: "
+                  f"{lo['pinned']}, non_blocking copies to {m['device']}): **{lo['images_per_s']:.1f} images/s** "
+                  f"at batch {lo['batch']}; the model's training step ({lo.get('model_group')}, "
+                  f"{lo.get('model_impl')}): {_num(lo.get('model_images_per_s'))} images/s; loader keeps up: "
+                  f"{lo.get('keeps_up')}", ""]
+    if report.get("targets"):
+        shown = [{**t, "value": "n/a" if t["value"] is None else f"{t['value']:.2f}x", "target": f">= {t['target']}x",
+                  "met": {True: "yes", False: "NO"}.get(t["met"], "n/a")} for t in report["targets"]]
+        cols = [("name", "ratio"), ("group", "case"), ("impl", "ours"), ("ref", "against"), ("value", "this run"),
+                ("target", "target"), ("met", "met")]
+        lines += ["Targets (ratios of median step times in one run):", "", markdown_table(shown, cols), ""]
+    if report.get("headline"):
+        lines += ["Headline ratios (higher is faster for ours):", ""]
+        lines += [f"- {k}: {'n/a' if v is None else f'{v:.2f}x'}" for k, v in report["headline"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"

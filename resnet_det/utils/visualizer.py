@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .colormap import GT_COLOR, class_color, text_color_for
+from .errors import DataError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -305,10 +306,10 @@ def _upscaled(img: np.ndarray, item, min_size: int):
 def read_image(path: str) -> np.ndarray:
     """``cv2.imread`` (BGR uint8) that raises a clear error instead of returning None."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path!r} does not exist")
+        raise MissingFileError(f"image {path!r} does not exist")
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"image {path!r} could not be decoded by OpenCV (not an image, or corrupt)")
+        raise DataError(f"image {path!r} could not be decoded by OpenCV (not an image, or corrupt)")
     return img
 
 
@@ -317,11 +318,11 @@ def list_images(path: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--input {path!r}: no such file or folder")
+        raise MissingFileError(f"--input {path!r}: no such file or folder")
     files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
-        raise ValueError(f"--input {path!r}: folder has no images with extensions "
-                         f"{', '.join(IMAGE_EXTENSIONS)}")
+        raise DataError(f"--input {path!r}: folder has no images with extensions "
+                        f"{', '.join(IMAGE_EXTENSIONS)}")
     return files
 
 

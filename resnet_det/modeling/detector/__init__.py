@@ -1,5 +1,5 @@
 from .heads import FastRCNNPredictor, FCHead, Res5ROIHead, ROIPool
-from .rcnn import FasterRCNN, ResizeNormalize, build_model, parameter_table
+from .rcnn import FasterRCNN, ResizeNormalize, build_model, inputs_to_device, parameter_table
 
-__all__ = ["FasterRCNN", "ResizeNormalize", "build_model", "parameter_table", "FastRCNNPredictor",
-           "FCHead", "Res5ROIHead", "ROIPool"]
+__all__ = ["FasterRCNN", "ResizeNormalize", "build_model", "inputs_to_device", "parameter_table",
+           "FastRCNNPredictor", "FCHead", "Res5ROIHead", "ROIPool"]

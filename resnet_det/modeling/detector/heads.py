@@ -9,7 +9,9 @@ from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from ..backbone.backbone import ShapeSpec
 from ..backbone.blocks import init_weights
 from ..backbone.resnet import build_stage, check_depth
-from ..fast import version_key
+from ...utils.compat import private_internals_ok
+from ...utils.errors import ConfigError
+from ..weight_cache import WeightCache, must_recompute
 from .pooling import FastMultiScaleRoIAlign
 
 
@@ -55,7 +57,7 @@ class FCHead(nn.Module):
         for i in range(num_fc):
             self.add_module(f"fc{6 + i}", nn.Linear(in_features if i == 0 else fc_dim, fc_dim))
         self.num_fc, self.out_channels = num_fc, fc_dim
-        self._nhwc_cache: tuple | None = None
+        self._nhwc_cache = WeightCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = 0
@@ -70,20 +72,14 @@ class FCHead(nn.Module):
 
     @torch.jit.unused
     def _fc6_nhwc_weight(self, chw: torch.Size) -> torch.Tensor:
-        """fc6's weight with columns in (h, w, C) order; cached while the weight needs no gradient."""
+        """fc6's weight with columns in (h, w, C) order; cached (by value, as the folded conv weights
+        are) while the weight needs no gradient, else permuted on every call so the gradient flows back."""
         w = self.fc6.weight
 
         def permuted():
             return w.view(-1, *chw).permute(0, 2, 3, 1).flatten(1)
 
-        # With a gradient, it flows back through the permute; inference tensors cannot be cached on.
-        key = None if torch.is_grad_enabled() and w.requires_grad else version_key([w])
-        if key is None:
-            return permuted()
-        if self._nhwc_cache is None or self._nhwc_cache[0] != (key, chw):
-            with torch.inference_mode(False), torch.no_grad():
-                self._nhwc_cache = ((key, chw), permuted())
-        return self._nhwc_cache[1]
+        return permuted() if must_recompute([w]) else self._nhwc_cache.get([w], permuted, key=chw)
 
 
 def _is_nhwc(x: torch.Tensor) -> bool:
@@ -138,8 +134,21 @@ def build_box_pooler(cfg, shapes: dict[str, ShapeSpec]) -> nn.Module:
         if len(names) != 1:
             raise ValueError("POOLER_TYPE ROIPool reads one feature map; use ROIAlign for FPN levels")
         return ROIPool(names[0], head.POOLER_RESOLUTION, shapes[names[0]].stride)
-    pooler = FastMultiScaleRoIAlign if cfg.MODEL.FAST_ROI_ALIGN else MultiScaleRoIAlign
-    return pooler(featmap_names=names, output_size=head.POOLER_RESOLUTION, sampling_ratio=head.POOLER_SAMPLING_RATIO)
+    aligned = head.POOLER_TYPE == "ROIAlignV2"  # detectron2's name for RoIAlign with aligned=True
+    detectron2_levels = head.POOLER_LEVEL_MAPPING == "detectron2"
+    gather = head.POOLER_IMPL == "gather" and private_internals_ok()
+    if not (gather or aligned or detectron2_levels):
+        return MultiScaleRoIAlign(featmap_names=names, output_size=head.POOLER_RESOLUTION,
+                                  sampling_ratio=head.POOLER_SAMPLING_RATIO)
+    if not private_internals_ok():  # torchvision's MultiScaleRoIAlign has neither switch
+        raise ConfigError(f"MODEL.ROI_BOX_HEAD.POOLER_TYPE={head.POOLER_TYPE} / POOLER_LEVEL_MAPPING="
+                          f"{head.POOLER_LEVEL_MAPPING} need torchvision's pooler internals, which this "
+                          "torch/torchvision version does not offer as checked (see resnet_det/utils/compat.py); "
+                          "use POOLER_TYPE ROIAlign and POOLER_LEVEL_MAPPING torchvision, or a supported version")
+    return FastMultiScaleRoIAlign(names, head.POOLER_RESOLUTION, head.POOLER_SAMPLING_RATIO, aligned=aligned,
+                                  gather=gather,
+                                  strides=[shapes[n].stride for n in names] if detectron2_levels else None,
+                                  level_mapping=head.POOLER_LEVEL_MAPPING)
 
 
 def build_box_head(cfg, shapes: dict[str, ShapeSpec], backbone_kwargs: dict) -> nn.Module:

@@ -21,17 +21,25 @@ which the box heads read without a copy (``FCHead`` permutes its fc6 weight inst
 
 It falls back to torchvision's path on GPUs (their kernels are already parallel), for dtypes other than
 float32/float64, under autocast, and under tracing, scripting, ``torch.compile`` and ONNX export (which
-must record torchvision's op). Switch: MODEL.FAST_ROI_ALIGN.
+must record torchvision's op). Switch: MODEL.ROI_BOX_HEAD.POOLER_IMPL "gather"; off by itself where
+torchvision's private pooler functions are not to be used (``utils.compat.private_internals_ok``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _multiscale_roi_align, _setup_scales
+from torchvision.ops import MultiScaleRoIAlign, box_area, roi_align
 
-__all__ = ["FastMultiScaleRoIAlign", "roi_align_gather"]
+try:  # private: build_box_pooler picks this module's class only where utils.compat.private_internals_ok()
+    from torchvision.ops.poolers import (LevelMapper, _convert_to_roi_format, _filter_input, _multiscale_roi_align,
+                                         _setup_scales)
+except ImportError:
+    pass
+
+__all__ = ["Detectron2LevelMapper", "FastMultiScaleRoIAlign", "roi_align_gather"]
 
 
 def _feature_table(features: list[Tensor]) -> tuple[Tensor, list[int]]:
@@ -153,19 +161,65 @@ def roi_align_gather(features: list[Tensor], rois: Tensor, levels: Tensor, scale
     return out.permute(0, 3, 1, 2)
 
 
+class Detectron2LevelMapper(LevelMapper):
+    """FPN's level of each box as detectron2's assign_boxes_to_levels (modeling/poolers.py) computes it:
+    floor(4 + log2(sqrt(area) / 224 + 1e-8)); torchvision adds its 1e-6 outside the log."""
+
+    def __call__(self, boxlists: list[Tensor]) -> Tensor:
+        s = torch.sqrt(torch.cat([box_area(b) for b in boxlists]))
+        levels = torch.floor(self.lvl0 + torch.log2(s / self.s0 + 1e-8))
+        return levels.clamp(min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
+
+
 class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same arguments, level mapping and scales) that pools on
-    CPU with ``roi_align_gather``; see the module docstring."""
+    CPU with ``roi_align_gather``; see the module docstring.
+
+    Beyond torchvision's arguments: ``aligned`` (RoIAlign with the half-pixel shift, detectron2's
+    ROIAlignV2), ``gather=False`` (always torchvision's kernels), and ``strides`` (the maps' strides:
+    scales 1/stride as detectron2's ROIPooler, instead of inferring them from the map sizes) with
+    ``level_mapping="detectron2"`` (``Detectron2LevelMapper``).
+    """
+
+    def __init__(self, featmap_names: list[str], output_size, sampling_ratio: int, *, aligned: bool = False,
+                 gather: bool = True, strides: list[int] | None = None, level_mapping: str = "torchvision"):
+        super().__init__(featmap_names, output_size, sampling_ratio)
+        self.aligned, self.gather = aligned, gather
+        if level_mapping not in ("torchvision", "detectron2"):
+            raise ValueError(f"MODEL.ROI_BOX_HEAD.POOLER_LEVEL_MAPPING={level_mapping!r}: expected "
+                             "'torchvision' or 'detectron2'")
+        if level_mapping == "detectron2" and strides is None:
+            raise ValueError("level_mapping='detectron2' needs the maps' strides")
+        if strides is not None:
+            self.scales = [1.0 / s for s in strides]
+            k_min, k_max = int(math.log2(strides[0])), int(math.log2(strides[-1]))
+            mapper = Detectron2LevelMapper if level_mapping == "detectron2" else LevelMapper
+            self.map_levels = mapper(k_min, k_max, self.canonical_scale, self.canonical_level)
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         x_filtered = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(x_filtered, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
-        if not torch.jit.is_scripting() and self._use_gather(x_filtered):
+        if not torch.jit.is_scripting() and self.gather and self._use_gather(x_filtered):
             return self._gather_forward(x_filtered, boxes)
+        if self.aligned:  # torchvision's _multiscale_roi_align has no `aligned`
+            return self._per_level_forward(x_filtered, boxes)
         return _multiscale_roi_align(x_filtered, boxes, self.output_size, self.sampling_ratio, self.scales,
                                      self.map_levels)
+
+    def _per_level_forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        """torchvision's roi_align per level (its kernels: GPU, autocast, export)."""
+        rois = _convert_to_roi_format(boxes)
+        size = tuple(self.output_size)
+        if len(features) == 1:
+            return roi_align(features[0], rois, size, self.scales[0], self.sampling_ratio, self.aligned)
+        levels = self.map_levels(boxes)
+        out = features[0].new_zeros((len(rois), features[0].shape[1]) + size)
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(levels == level)[0]
+            out[idx] = roi_align(feature, rois[idx], size, scale, self.sampling_ratio, self.aligned).to(out.dtype)
+        return out
 
     @torch.jit.unused
     def _use_gather(self, features: list[Tensor]) -> bool:
@@ -182,4 +236,4 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
         else:
             levels = self.map_levels(boxes).to(torch.int64)
         size = tuple(self.output_size)
-        return roi_align_gather(features, rois, levels, list(self.scales), size, self.sampling_ratio)
+        return roi_align_gather(features, rois, levels, list(self.scales), size, self.sampling_ratio, self.aligned)

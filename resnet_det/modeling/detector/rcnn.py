@@ -14,11 +14,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from ..backbone import build_backbone, resnet_kwargs_from_cfg
 from ..backbone.build import warn_frozen_random_init
-from ..fast import apply_fast_path
+from ..speed import apply_fast_path
+from .detectron2_style import (Detectron2RoIHeads, Detectron2RPN, StridedAnchorGenerator,
+                               detectron2_resized_size, drop_empty_in_original)
 from .heads import FastRCNNPredictor, build_box_head, build_box_pooler
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,8 @@ class ResizeNormalize(GeneralizedRCNNTransform):
     """torchvision's resize/normalize/batch, with detectron2's separate train and test sizes.
 
     Images arrive as 0-255 floats in INPUT.FORMAT order; mean/std are in that range, so the
-    normalisation equals torchvision's (x/255 - m/255) / (s/255).
+    normalisation equals torchvision's (x/255 - m/255) / (s/255). INPUT.RESIZE_ROUNDING "round" sizes
+    the resized image as detectron2 does (int(x + 0.5)); torchvision's interpolate floors.
     """
 
     def __init__(self, cfg, size_divisible: int):
@@ -37,7 +40,19 @@ class ResizeNormalize(GeneralizedRCNNTransform):
                        False: ((i.MIN_SIZE_TEST,), i.MAX_SIZE_TEST)}
         super().__init__(i.MIN_SIZE_TEST, i.MAX_SIZE_TEST, list(cfg.MODEL.PIXEL_MEAN),
                          list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible))
+        self.round_size = i.RESIZE_ROUNDING == "round"
         self.train(False)
+
+    def resize(self, image: torch.Tensor, target=None):
+        if not self.round_size or torch.jit.is_tracing() or (self.training and self._skip_resize):
+            return super().resize(image, target)
+        h, w = image.shape[-2:]
+        short = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        size = detectron2_resized_size(h, w, short, self.max_size)
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None and "boxes" in target:
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
+        return image, target
 
     def train(self, mode: bool = True):
         # Multi-scale training draws one of MIN_SIZE_TRAIN per image (torchvision's torch_choice).
@@ -45,16 +60,37 @@ class ResizeNormalize(GeneralizedRCNNTransform):
         return super().train(mode)
 
 
-def _anchor_generator(cfg, num_maps: int) -> AnchorGenerator:
-    sizes = [tuple(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
-    ratios = [tuple(r) for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS]
+def _anchor_generator(cfg, strides: list[int]) -> AnchorGenerator:
+    a = cfg.MODEL.ANCHOR_GENERATOR
+    sizes = [tuple(s) for s in a.SIZES]
+    ratios = [tuple(r) for r in a.ASPECT_RATIOS]
     if len(ratios) == 1:
         ratios = ratios * len(sizes)
-    if len(sizes) != num_maps or len(ratios) != num_maps:
+    if len(sizes) != len(strides) or len(ratios) != len(strides):
         raise ValueError(f"MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} lists and ASPECT_RATIOS "
-                         f"{len(ratios)}, but MODEL.RPN.IN_FEATURES names {num_maps} feature maps; "
+                         f"{len(ratios)}, but MODEL.RPN.IN_FEATURES names {len(strides)} feature maps; "
                          "give one list per map (C4: one map, e.g. [[32, 64, 128, 256, 512]])")
+    if a.STYLE == "detectron2":
+        return StridedAnchorGenerator(tuple(sizes), tuple(ratios), strides, a.OFFSET)
+    if a.OFFSET != 0.0:
+        raise ValueError(f"MODEL.ANCHOR_GENERATOR.OFFSET={a.OFFSET}: torchvision's anchors (STYLE "
+                         "torchvision) start at 0; set MODEL.ANCHOR_GENERATOR.STYLE detectron2 for an offset")
     return AnchorGenerator(tuple(sizes), tuple(ratios))
+
+
+def inputs_to_device(batched_inputs: list[dict], device: torch.device, with_targets: bool):
+    """Images (as float, 0-255) and, for training, targets (1-based labels) on `device`.
+
+    Copies are non_blocking: from the pinned batches the training loader yields on GPU machines
+    (DATALOADER.PIN_MEMORY) they overlap with the host's work; from pageable memory they are
+    ordinary copies. The first kernel that reads a tensor waits for its copy (same stream).
+    """
+    images = [d["image"].to(device, non_blocking=True).float() for d in batched_inputs]
+    targets = None
+    if with_targets:
+        targets = [{"boxes": d["boxes"].to(device, non_blocking=True).float(),
+                    "labels": d["classes"].to(device, non_blocking=True).long() + 1} for d in batched_inputs]
+    return images, targets
 
 
 class FasterRCNN(GeneralizedRCNN):
@@ -63,22 +99,17 @@ class FasterRCNN(GeneralizedRCNN):
     Contiguous class ids 0..K-1 outside; torchvision's 1..K (0 = background) inside.
     """
 
-    def __init__(self, backbone, rpn, roi_heads, transform, input_format: str, rpn_features, roi_features):
+    def __init__(self, backbone, rpn, roi_heads, transform, rpn_features, roi_features, drop_empty: bool = False):
         super().__init__(backbone, rpn, roi_heads, transform)
-        self.input_format = input_format
         self.rpn_features, self.roi_features = list(rpn_features), list(roi_features)
+        self.drop_empty = drop_empty  # MODEL.ROI_HEADS.POSTPROCESS detectron2
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def preprocess(self, batched_inputs: list[dict]):
-        images = [d["image"].to(self.device, non_blocking=True).float() for d in batched_inputs]
-        targets = None
-        if self.training:
-            targets = [{"boxes": d["boxes"].to(self.device).float(),
-                        "labels": d["classes"].to(self.device).long() + 1} for d in batched_inputs]
-        return images, targets
+        return inputs_to_device(batched_inputs, self.device, with_targets=self.training)
 
     def forward(self, batched_inputs: list[dict]):
         images, targets = self.preprocess(batched_inputs)
@@ -92,6 +123,8 @@ class FasterRCNN(GeneralizedRCNN):
         if self.training:
             return {**detector_losses, **proposal_losses}
         detections = self.transform.postprocess(detections, images.image_sizes, original_sizes)
+        if self.drop_empty:
+            detections = drop_empty_in_original(detections, original_sizes)
         return [{"instances": {"boxes": d["boxes"], "scores": d["scores"],
                                "pred_classes": d["labels"] - 1}} for d in detections]
 
@@ -100,7 +133,8 @@ def build_model(cfg) -> FasterRCNN:
     """Faster R-CNN (C4 or FPN, by MODEL.BACKBONE.NAME and MODEL.ROI_BOX_HEAD.NAME) from the config."""
     if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
         raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: build_model builds "
-                         "'GeneralizedRCNN'; classifiers come from resnet_det.modeling.build_classifier")
+                         "'GeneralizedRCNN'; classifiers come from resnet_det.classification.build_classifier, "
+                         "localizers from resnet_det.localization.build_localizer")
     warn_frozen_random_init(cfg)
     backbone = build_backbone(cfg)
     shapes = backbone.output_shape()
@@ -112,9 +146,10 @@ def build_model(cfg) -> FasterRCNN:
     channels = {shapes[n].channels for n in rpn_names}
     if len(channels) != 1:
         raise ValueError(f"MODEL.RPN.IN_FEATURES={rpn_names} have different channels {channels}")
-    anchors = _anchor_generator(cfg, len(rpn_names))
+    anchors = _anchor_generator(cfg, [shapes[n].stride for n in rpn_names])
     r = cfg.MODEL.RPN
-    rpn = RegionProposalNetwork(
+    rpn_cls = Detectron2RPN if r.POSTPROCESS == "detectron2" else RegionProposalNetwork
+    rpn = rpn_cls(
         anchors, RPNHead(channels.pop(), anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=r.IOU_THRESHOLDS[1], bg_iou_thresh=r.IOU_THRESHOLDS[0],
         batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
@@ -126,16 +161,17 @@ def build_model(cfg) -> FasterRCNN:
     h, b = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
     box_head = build_box_head(cfg, shapes, resnet_kwargs_from_cfg(cfg))
     predictor = FastRCNNPredictor(box_head.out_channels, h.NUM_CLASSES + 1, b.CLS_AGNOSTIC_BBOX_REG)
-    roi_heads = RoIHeads(
+    d2_boxes = h.POSTPROCESS == "detectron2"
+    roi_heads = (Detectron2RoIHeads if d2_boxes else RoIHeads)(
         build_box_pooler(cfg, shapes), box_head, predictor,
         fg_iou_thresh=h.IOU_THRESHOLD, bg_iou_thresh=h.IOU_THRESHOLD,
         batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
         bbox_reg_weights=tuple(b.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH_TEST,
         nms_thresh=h.NMS_THRESH_TEST, detections_per_img=h.DETECTIONS_PER_IMAGE)
     model = FasterRCNN(backbone, rpn, roi_heads, ResizeNormalize(cfg, backbone.size_divisibility),
-                       cfg.INPUT.FORMAT, rpn_names, h.IN_FEATURES)
+                       rpn_names, h.IN_FEATURES, drop_empty=d2_boxes)
     logger.info("Parameters per stage (trainable / frozen):\n%s", parameter_table(model))
-    # MODEL.FUSE_FROZEN_BN / CHANNELS_LAST / COMPILE: same outputs within float tolerance, faster.
+    # MODEL.FUSE_CONV_BN_RELU / CHANNELS_LAST / COMPILE: same outputs within float tolerance, faster.
     return apply_fast_path(model, cfg)
 
 

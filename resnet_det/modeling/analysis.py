@@ -18,14 +18,14 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from tabulate import tabulate
 from torch import nn
 
 with warnings.catch_warnings():  # fvcore.nn runs torch.jit.script at import, which torch deprecates
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
-from resnet_det.modeling.backbone.cifar import CifarResNet
-from resnet_det.modeling.backbone.resnet import ARCHS, ResNet
+from .backbone import ARCHS, CifarResNet, ResNet
 
 # fvcore operator names (by_operator keys) that are multiply-adds: the paper's FLOPs.
 MAC_OPS = frozenset({"conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum"})
@@ -166,25 +166,9 @@ def stage_table(model: nn.Module, input_size: int = 224) -> list[StageRow]:
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Plain-text table: `columns` is [(key, header)]; numbers right-aligned."""
-    cells = [[h for _, h in columns]] + [[_fmt(r[k]) for k, _ in columns] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    numeric = [all(isinstance(r[k], (int, float)) for r in rows) for k, _ in columns]
-    lines = []
-    for j, line in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if num else c.ljust(w)
-                               for c, w, num in zip(line, widths, numeric)).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return "-" if v is None else str(v)
+    """Plain-text table of `rows`: `columns` is [(key, header)]; thousands separators, 3 decimals, None as "-"."""
+    return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt="simple",
+                    intfmt=",", floatfmt=".3f", numalign="right", missingval="-")
 
 
 def stage_table_text(model: nn.Module, input_size: int = 224) -> str:

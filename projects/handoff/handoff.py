@@ -3,17 +3,15 @@ fine-tune the demo detector (configs/demo/frcnn_r18_fpn_shapes.yaml) twice with 
 once from that checkpoint and once from random initialisation, and compare box AP on shapes_val."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import time
 
-from ..config import get_cfg, validate_cfg
-from ..engine.checkpoint import adopt_weight_conventions
-from ..engine.defaults import seed_all
-from ..engine.solver import scale_schedule
-from ..engine.trainer import Trainer
-from .trainer import ClassificationTrainer
+from resnet_det.classification import ClassificationTrainer
+from resnet_det.engine import Trainer, setup_cfg
+from resnet_det.engine.defaults import seed_all
 
 logger = logging.getLogger(__name__)
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -28,15 +26,8 @@ def _schedule(iters: int) -> list:
 
 
 def _cfg(path: str, opts: list, weights: str = ""):
-    cfg = get_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(opts + ["MODEL.WEIGHTS", weights])
-    if weights:
-        adopt_weight_conventions(cfg, weights)  # as tools/train_net.py does
-    scale_schedule(cfg)
-    validate_cfg(cfg)
-    cfg.freeze()
-    return cfg
+    # As the tools build it: the file, the overrides, the input convention MODEL.WEIGHTS records, scaled.
+    return setup_cfg(argparse.Namespace(config_file=path, opts=opts + ["MODEL.WEIGHTS", weights], resume=False))
 
 
 def pretrain(output_dir: str, iterations: int, seed: int, extra: list = ()) -> tuple[str, dict]:

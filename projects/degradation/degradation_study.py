@@ -2,9 +2,9 @@
 """Plain vs residual nets at two depths on the same data (Sec. 4.1-4.2): training/validation error
 curves (Fig. 4/6 style), per-layer response std (Fig. 7 style), summary.json and summary.md.
 
-    python tools/degradation_study.py                          # embedded data, ~15-20 min on 2 cores
-    python tools/degradation_study.py --depths 20 56 --iterations 600 --output output/degradation
-    python tools/degradation_study.py --data cifar10           # real CIFAR-10 (45k/5k split), far longer runs
+    python projects/degradation/degradation_study.py           # embedded data, ~15-20 min on 2 cores
+    python projects/degradation/degradation_study.py --depths 20 56 --iterations 600 --output output/degradation
+    python projects/degradation/degradation_study.py --data cifar10   # real CIFAR-10 (45k/5k split), far longer
 
 The embedded data is the generated shapes classification set (10 classes, 32x32), drawn on first use
 under $RESNET_DET_DATASETS/cls_study.
@@ -14,11 +14,11 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository root, for resnet_det without an install; this folder (the study module) is on the path already.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import torch  # noqa: E402
-
-from resnet_det.classification.degradation import StudySettings, prepare_study_data, run_study  # noqa: E402
+from degradation import StudySettings, prepare_study_data, run_study  # noqa: E402
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 """Fine-tune the demo detector from a backbone pretrained on the generated classification set and
 from random init (identical settings), and report box AP of both (handoff.md / handoff.json).
 
-    python tools/pretrain_handoff_study.py [--pretrain-iters 1500] [--det-iters 300] [--output DIR]
+    python projects/handoff/pretrain_handoff_study.py [--pretrain-iters 1500] [--det-iters 300] [--output DIR]
 
 Everything is generated (cls_demo, shapes); on 2 CPU cores the defaults take about 12 minutes.
 Measured results: benchmarks/HANDOFF.md.
@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository root, for resnet_det without an install; this folder (the study module) is on the path already.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from resnet_det.classification.handoff import run_handoff_study  # noqa: E402
+from handoff import run_handoff_study  # noqa: E402
 
 
 def main(argv=None):

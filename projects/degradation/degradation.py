@@ -21,15 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import get_cfg
-from ..engine.solver import build_lr_scheduler, build_optimizer
-from ..modeling.backbone import BasicBlock
-from ..data.catalog import datasets_root
-from ..data.demo import make_classification_set
-from .data import (build_classification_train_loader, compute_mean_image, load_cifar_dicts, load_image,
-                   load_image_folder)
-from .model import Classifier, build_classifier
-from .transforms import TestTransform
+from resnet_det.classification import (Classifier, TestTransform, build_classification_train_loader,
+                                       build_classifier, compute_mean_image, load_cifar_dicts, load_image,
+                                       load_image_folder)
+from resnet_det.config import get_cfg
+from resnet_det.data import datasets_root, make_classification_set
+from resnet_det.engine.solver import build_lr_scheduler, build_optimizer
+from resnet_det.modeling.backbone import BasicBlock
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +111,8 @@ def error_rate(model: Classifier, images: torch.Tensor, labels: torch.Tensor, ch
 
 def _as_tensors(dicts, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     tf = TestTransform(cfg, "center")
-    images = np.stack([tf(load_image(d, cfg.INPUT.FORMAT)) for d in dicts])
-    return torch.from_numpy(images), torch.tensor([d["label"] for d in dicts])
+    images = torch.stack([tf(load_image(d, cfg.INPUT.FORMAT)) for d in dicts])
+    return images, torch.tensor([d["label"] for d in dicts])
 
 
 def prepare_study_data(data: str, train_per_class: int = 300) -> tuple[str, list[dict], list[dict]]:
@@ -188,7 +186,7 @@ def run_study(settings: StudySettings, data: tuple[str, list[dict], list[dict]],
                "findings": findings(results)}
     with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
-    from .degradation_plots import plot_curves, plot_response_std, summary_markdown
+    from degradation_plots import plot_curves, plot_response_std, summary_markdown
 
     plot_curves(results, os.path.join(output_dir, "curves.png"))
     plot_response_std(results, os.path.join(output_dir, "response_std.png"))

@@ -1,14 +1,22 @@
-"""The degradation study's mechanics at toy size: Fig. 7 hooks vs a hand-run forward, curves, files."""
+"""The degradation study (projects/degradation) at toy size: Fig. 7 hooks vs a hand-run forward, curves,
+files, and its entry script."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from resnet_det.classification import Classifier
-from resnet_det.classification.degradation import (StudySettings, findings, prepare_study_data, response_layers,
-                                                   response_stds, run_study, study_cfg)
 from resnet_det.modeling.backbone import CifarResNet
+
+PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "projects", "degradation")
+sys.path.insert(0, PROJECT)  # as for its entry script, which runs from this folder
+
+from degradation import (StudySettings, findings, prepare_study_data, response_layers,  # noqa: E402
+                         response_stds, run_study, study_cfg)
 
 
 @pytest.mark.parametrize("plain", [False, True])
@@ -78,3 +86,9 @@ def test_study_cfg_is_the_cifar_recipe_with_the_study_warmup(tmp_path):
     assert tuple(cfg.SOLVER.STEPS) == (360, 510)
     off = study_cfg(StudySettings(warmup_iters=0, extra={"SOLVER.WEIGHT_DECAY": 5e-4}), str(tmp_path), 20, False)
     assert off.SOLVER.WARMUP_ITERS == 0 and off.SOLVER.WEIGHT_DECAY == 5e-4
+
+
+def test_entry_script_starts():
+    res = subprocess.run([sys.executable, os.path.join(PROJECT, "degradation_study.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--depths" in res.stdout, res.stderr[-2000:]
