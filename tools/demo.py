@@ -4,7 +4,8 @@
 1. Pretrain ResNet-18 on the generated shapes classification set (configs/demo/cls_r18_pretrain_demo.yaml;
    the "ImageNet" step, Sec. 3.4).
 2. Fine-tune the R18-FPN Faster R-CNN from that backbone on the generated shapes detection set
-   (configs/demo/frcnn_r18_fpn_shapes.yaml, MODEL.WEIGHTS hand-off; Appendix A's recipe in miniature).
+   (configs/demo/frcnn_r18_fpn_shapes_pretrained.yaml, MODEL.WEIGHTS hand-off; Appendix A in miniature).
+   With --no-pretrain the detector trains from scratch (configs/demo/frcnn_r18_fpn_shapes.yaml).
 3. Evaluate COCO box AP on shapes_val, draw predictions next to the ground truth
    (vis/*.jpg and vis/summary.png) and the training curves (metrics.png).
 
@@ -14,7 +15,7 @@
 The same two stages by hand:
 
     python tools/pretrain_net.py --config-file configs/demo/cls_r18_pretrain_demo.yaml OUTPUT_DIR output/demo/pretrain
-    python tools/train_net.py --config-file configs/demo/frcnn_r18_fpn_shapes.yaml \\
+    python tools/train_net.py --config-file configs/demo/frcnn_r18_fpn_shapes_pretrained.yaml \\
         MODEL.WEIGHTS output/demo/pretrain/model_final.pth
 
 Both configs use MODEL.DEVICE "auto" (CUDA when present). Measured numbers: benchmarks/DEMO.md.
@@ -33,7 +34,8 @@ from resnet_det.engine.run import run_detection  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CONFIG = os.path.join(REPO, "configs", "demo", "cls_r18_pretrain_demo.yaml")
-DETECTOR_CONFIG = os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes.yaml")
+DETECTOR_CONFIG = os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes_pretrained.yaml")
+SCRATCH_CONFIG = os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes.yaml")
 
 
 def _stage_args(args, config_file: str, opts: list) -> argparse.Namespace:
@@ -53,8 +55,8 @@ def main(args) -> dict:
         run_classification(cfg, pre)
         weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     pretrain_s = time.perf_counter() - start
-    det = _stage_args(args, DETECTOR_CONFIG, ["OUTPUT_DIR", args.output, "MODEL.WEIGHTS", weights,
-                                              *args.det_opts])
+    det_config = SCRATCH_CONFIG if args.no_pretrain else DETECTOR_CONFIG
+    det = _stage_args(args, det_config, ["OUTPUT_DIR", args.output, "MODEL.WEIGHTS", weights, *args.det_opts])
     cfg = setup_cfg_or_exit(det)
     default_setup(cfg, det)
     results = run_detection(cfg, det, Trainer)
@@ -89,7 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrain-opts", nargs="*", default=[], metavar="KEY VALUE",
                    help="overrides of configs/demo/cls_r18_pretrain_demo.yaml")
     p.add_argument("--det-opts", nargs="*", default=[], metavar="KEY VALUE",
-                   help="overrides of configs/demo/frcnn_r18_fpn_shapes.yaml")
+                   help="overrides of the detector config (frcnn_r18_fpn_shapes_pretrained.yaml, "
+                   "or frcnn_r18_fpn_shapes.yaml with --no-pretrain)")
     args = p.parse_args(argv)
     # launch_tool's fields: the demo is one process.
     args.num_gpus, args.num_machines, args.machine_rank, args.dist_url = 1, 1, 0, "auto"
