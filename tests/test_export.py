@@ -30,6 +30,9 @@ def detector_cfg(kind: str):
         "MODEL.ROI_BOX_HEAD.FC_DIM", 64, "MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 20,
         "MODEL.ROI_HEADS.NUM_CLASSES", 3, "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 128,
         "MODEL.DEVICE", "cpu"])
+    if kind == "C4":  # BGR input (ImageNet mean/std in BGR order), so both channel orders reach the metadata
+        cfg.merge_from_list(["INPUT.FORMAT", "BGR", "MODEL.PIXEL_MEAN", [103.53, 116.28, 123.675],
+                             "MODEL.PIXEL_STD", [57.375, 57.12, 58.395]])
     return cfg
 
 
@@ -66,7 +69,7 @@ def test_detector_round_trip(tmp_path, kind, fmt):
     assert os.path.basename(path) == ("model.ts" if fmt == "torchscript" else "model.onnx")
     on_disk = json.load(open(metadata_path(path)))
     assert on_disk["verification"]["passed"] is True and on_disk["variant"] == kind
-    assert on_disk["input"]["channel_order"] == cfg.INPUT.FORMAT  # C4 BGR, FPN RGB
+    assert on_disk["input"]["channel_order"] == {"C4": "BGR", "FPN": "RGB"}[kind]
     assert on_disk["size_rules"]["min_size"] == 96 and on_disk["class_names"] == ["class0", "class1", "class2"]
     assert on_disk["opset"] == (17 if fmt == "onnx" else None)
 
