@@ -31,7 +31,8 @@ def test_demo_pretrains_finetunes_evaluates_and_draws(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     pretrained = out / "pretrain" / "model_final.pth"
     log = (out / "log.txt").read_text()
-    assert pretrained.is_file() and re.search(rf"Loaded \d+ tensors from {re.escape(str(pretrained))}", log)
+    loaded = rf"Loaded \d+ of the model's \d+ tensors from {re.escape(str(pretrained))}"
+    assert pretrained.is_file() and re.search(loaded, log)
     assert "top1_err" in (out / "pretrain" / "metrics.json").read_text()
     # The last lines say where the pictures, curves and checkpoint are, and what the AP is.
     tail = r.stdout.strip().splitlines()[-4:]
