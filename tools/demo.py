@@ -31,6 +31,7 @@ from resnet_det.classification import run_classification  # noqa: E402
 from resnet_det.engine import Trainer, default_setup  # noqa: E402
 from resnet_det.engine.defaults import launch_tool, setup_cfg_or_exit  # noqa: E402
 from resnet_det.engine.run import run_detection  # noqa: E402
+from resnet_det.engine.trainer import resolve_device  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CONFIG = os.path.join(REPO, "configs", "demo", "cls_r18_pretrain_demo.yaml")
@@ -70,7 +71,7 @@ def print_summary(cfg, results: dict, weights: str, pretrain_s: float, total_s: 
     bbox = results.get("bbox", {})
     per_class = ", ".join(f"{k[3:]} {v:.1f}" for k, v in bbox.items() if k.startswith("AP-"))
     lines = ["", f"Demo finished in {total_s / 60:.1f} min ({pretrain_s / 60:.1f} min pretraining, "
-             f"{cfg.SOLVER.MAX_ITER} detector iterations on {cfg.MODEL.DEVICE} device setting).",
+             f"{cfg.SOLVER.MAX_ITER} detector iterations on {resolve_device(cfg).type}).",
              f"  box AP on {', '.join(cfg.DATASETS.TEST)}: AP50 {bbox.get('AP50', float('nan')):.1f}, "
              f"AP {bbox.get('AP', float('nan')):.1f}, AP75 {bbox.get('AP75', float('nan')):.1f}"
              + (f" (per class: {per_class})" if per_class else "")]
