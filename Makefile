@@ -16,8 +16,9 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# Pretrain ResNet-18 on the shapes classification set, fine-tune the R18-FPN detector from it, evaluate, draw.
 demo: $(STAMP)
-	$(VPY) tools/train_net.py --config-file configs/demo/frcnn_r18_fpn_shapes.yaml
+	$(VPY) tools/demo.py
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 --durations=15 tests

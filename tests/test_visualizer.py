@@ -10,7 +10,7 @@ import torch
 
 from resnet_det.utils.colormap import GT_COLOR, class_color, colormap
 from resnet_det.utils.visualizer import (
-    default_style, draw_dataset_dict, draw_instances, label_layout, side_by_side, visualize_images,
+    default_style, draw_dataset_dict, draw_instances, image_grid, label_layout, side_by_side, visualize_images,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,3 +238,36 @@ def test_visualize_tool_on_a_folder(tmp_path):
     for i in range(2):
         drawn = cv2.imread(str(out / f"img{i}.png"))
         assert drawn is not None and drawn.shape == (64, 80, 3)
+
+
+def test_image_grid_tiles_rows_pads_cells_and_adds_a_title():
+    a = np.full((20, 30, 3), 50, np.uint8)
+    b = np.full((10, 40, 3), 200, np.uint8)
+    grid = image_grid([a, b, a], cols=2, gap=2, title=None)
+    assert grid.shape == (2 * 20 + 2, 2 * 40 + 2, 3)  # cells are the largest image: 20 x 40
+    assert (grid[:20, :30] == 50).all() and (grid[:20, 30:40] == 0).all()  # padded right, black
+    assert (grid[:10, 42:82] == 200).all() and (grid[10:20, 42:82] == 0).all()  # padded below
+    assert (grid[20:22] == 128).all() and (grid[22:42, :30] == 50).all()  # grey gap, second row
+    assert (grid[22:42, 42:] == 128).all()  # no third cell in the second row: background
+    titled = image_grid([a, b], cols=2, title="AP50 80.0")
+    assert titled.shape[0] > 20 and titled.shape[1] == 84 and titled[: titled.shape[0] - 20].any()
+    even = image_grid([a, b], cols=1, gap=0, height=30)  # 20x30 -> 30x45, 10x40 -> 30x120
+    assert even.shape == (60, 120, 3) and (even[:30, :45] == 50).all() and (even[:30, 45:] == 0).all()
+    assert (even[30:, :] == 200).all()
+    with pytest.raises(ValueError, match="at least one image"):
+        image_grid([], cols=2)
+
+
+def test_visualize_images_enlarges_small_images_and_scales_boxes(tmp_path):
+    path = str(tmp_path / "small.png")
+    cv2.imwrite(path, np.zeros((60, 70, 3), np.uint8))
+    pred = _FakePredictor()
+    d = {"file_name": path, "image_id": 0, "annotations": [{"bbox": [30, 10, 60, 40], "category_id": 0,
+                                                            "iscrowd": 0}]}
+    [out] = visualize_images(pred, [d], str(tmp_path / "big"), show_gt=True, progress=False, min_size=120)
+    drawn = cv2.imread(out)
+    assert pred.seen == [(60, 70, 3)] and drawn.shape == (120, 140, 3)  # the model saw the original
+    assert (drawn[70, 8] == class_color(1)).all() and (drawn[70, 80] == class_color(1)).all()  # 2x box
+    assert (drawn[20, 60:121] == 255).all(axis=1).any()  # the 2x dashed ground-truth top edge
+    [same] = visualize_images(pred, [path], str(tmp_path / "same"), progress=False, min_size=50)
+    assert cv2.imread(same).shape == (60, 70, 3)  # never shrinks

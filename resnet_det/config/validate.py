@@ -23,6 +23,7 @@ _CHOICES = {
     "INPUT.FORMAT": ("BGR", "RGB"),
     "INPUT.MEAN_MODE": ("per_channel", "per_pixel"),
     "DATALOADER.ON_BAD_IMAGE": ("error", "skip"),
+    "SOLVER.OPTIMIZER": ("SGD", "AdamW"),
     "SOLVER.LR_SCHEDULER_NAME": ("WarmupMultiStepLR", "WarmupCosineLR"),
     "SOLVER.WARMUP_METHOD": ("linear", "constant"),
     "SOLVER.ON_NONFINITE": ("stop", "skip"),

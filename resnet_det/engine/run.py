@@ -29,7 +29,7 @@ def run_detection(cfg, args, trainer_cls) -> dict:
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     if comm.is_main_process() and not trainer._stop.is_set():
-        draw_outputs(cfg, trainer.model)
+        draw_outputs(cfg, trainer.model, results)
     return results
 
 
@@ -41,20 +41,40 @@ def record_eval_only(cfg, results: dict, **extra) -> None:
         writer.close()
 
 
-def draw_outputs(cfg, model) -> list[str]:
-    """Draw predictions on VIS.NUM_IMAGES test images and plot the training curves; print paths."""
+# Drawings are enlarged to at least this shorter side: on the 200-320 pixel demo images a label would
+# otherwise be a few pixels tall. vis/summary.png shows every panel at one height.
+VIS_MIN_SIZE = 512
+VIS_SUMMARY_HEIGHT = 420
+
+
+def draw_outputs(cfg, model, results: dict | None = None) -> list[str]:
+    """Draw VIS.NUM_IMAGES test images as prediction | ground-truth panels (vis/<name>), all of them
+    in one grid (vis/summary.png, titled with ``results``' AP when given), and plot the training
+    curves (metrics.png); returns the written paths."""
     paths = []
     if cfg.VIS.NUM_IMAGES > 0 and cfg.DATASETS.TEST:
+        import cv2
+
         from ..data import DatasetCatalog, MetadataCatalog
-        from ..utils.visualizer import visualize_images
+        from ..utils.visualizer import image_grid, visualize_images
         from .predictor import ModelPredictor
 
         name = cfg.DATASETS.TEST[0]
         dicts = DatasetCatalog.get(name)[: cfg.VIS.NUM_IMAGES]
         classes = list(MetadataCatalog.get(name).thing_classes)
         predictor = ModelPredictor(model, cfg.INPUT.FORMAT, classes)
-        paths += visualize_images(predictor, dicts, os.path.join(cfg.OUTPUT_DIR, "vis"), class_names=classes,
-                                  score_thresh=cfg.VIS.SCORE_THRESH, show_gt=True, progress=False)
+        vis_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
+        panels = visualize_images(predictor, dicts, vis_dir, class_names=classes, score_thresh=cfg.VIS.SCORE_THRESH,
+                                  side_by_side_gt=True, progress=False, min_size=VIS_MIN_SIZE)
+        title = f"{name}: predictions scoring >= {cfg.VIS.SCORE_THRESH:g} (left), ground truth (right)"
+        bbox = (results or {}).get("bbox", {})
+        if "AP50" in bbox and "AP" in bbox:
+            title += f"; box AP50 {bbox['AP50']:.1f}, AP {bbox['AP']:.1f}"
+        summary = os.path.join(vis_dir, "summary.png")
+        if not cv2.imwrite(summary, image_grid([cv2.imread(p) for p in panels], cols=2, title=title,
+                                                    height=VIS_SUMMARY_HEIGHT)):
+            raise OSError(f"could not write {summary!r} (is the output folder writable?)")
+        paths += panels + [summary]
     metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
     if os.path.isfile(metrics):
         from ..utils.plot import plot_metrics

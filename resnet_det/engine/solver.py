@@ -1,4 +1,4 @@
-"""SGD with per-group weight decay, warmup + step/cosine schedules, and batch-size scaling."""
+"""SGD (or AdamW) with per-group weight decay, warmup + step/cosine schedules, and batch-size scaling."""
 from __future__ import annotations
 
 import bisect
@@ -14,8 +14,8 @@ _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.L
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (Sec. 3.4: momentum 0.9, weight decay 1e-4); norm and bias parameters can get their own
-    decay (SOLVER.WEIGHT_DECAY_NORM / WEIGHT_DECAY_BIAS)."""
+    """SGD (Sec. 3.4: momentum 0.9, weight decay 1e-4) or AdamW (SOLVER.OPTIMIZER); norm and bias
+    parameters can get their own decay (SOLVER.WEIGHT_DECAY_NORM / WEIGHT_DECAY_BIAS)."""
     s = cfg.SOLVER
     decay_bias = s.WEIGHT_DECAY if s.WEIGHT_DECAY_BIAS is None else s.WEIGHT_DECAY_BIAS
     groups: dict[float, list] = {}
@@ -34,8 +34,10 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
             groups.setdefault(wd, []).append(p)
     if not groups:
         raise ValueError("the model has no trainable parameters (is MODEL.BACKBONE.FREEZE_AT too high?)")
-    return torch.optim.SGD([{"params": ps, "weight_decay": wd} for wd, ps in groups.items()],
-                           lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
+    param_groups = [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
+    if s.OPTIMIZER == "AdamW":
+        return torch.optim.AdamW(param_groups, lr=s.BASE_LR, betas=tuple(s.BETAS))
+    return torch.optim.SGD(param_groups, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
 
 
 def lr_schedule(cfg) -> Callable[[int], float]:

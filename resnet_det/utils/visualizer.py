@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DrawStyle", "default_style", "label_rect", "label_layout", "draw_instances", "draw_dataset_dict",
-    "side_by_side", "list_images", "read_image", "visualize_images",
+    "side_by_side", "image_grid", "list_images", "read_image", "visualize_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -261,6 +261,48 @@ def side_by_side(pred_img: np.ndarray, gt_img: np.ndarray, titles=("prediction",
     return np.concatenate([strip, out], axis=0)
 
 
+def image_grid(images: Sequence[np.ndarray], cols: int, gap: int = 4, title: str | None = None,
+               height: int | None = None) -> np.ndarray:
+    """Tile images row by row, ``cols`` per row, each cell padded (bottom/right, black) to the
+    largest image, ``gap`` grey pixels between cells; ``title`` adds a strip of white text on top.
+    ``height`` first resizes every image to that height (aspect kept), so mixed sizes tile evenly."""
+    if not images or cols < 1:
+        raise ValueError(f"image_grid: need at least one image and cols >= 1 (got {len(images)} images, cols={cols})")
+    imgs = [_check_image(x, f"images[{i}]") for i, x in enumerate(images)]
+    if height:
+        imgs = [cv2.resize(x, (max(1, round(x.shape[1] * height / x.shape[0])), height),
+                           interpolation=cv2.INTER_AREA if x.shape[0] > height else cv2.INTER_LINEAR) for x in imgs]
+    ch, cw = max(x.shape[0] for x in imgs), max(x.shape[1] for x in imgs)
+    cols = min(cols, len(imgs))
+    rows = -(-len(imgs) // cols)
+    out = np.full((rows * ch + (rows - 1) * gap, cols * cw + (cols - 1) * gap, 3), 128, np.uint8)
+    for i, x in enumerate(imgs):
+        y0, x0 = (i // cols) * (ch + gap), (i % cols) * (cw + gap)
+        out[y0:y0 + ch, x0:x0 + cw] = 0
+        out[y0:y0 + x.shape[0], x0:x0 + x.shape[1]] = x
+    if not title:
+        return out
+    style = default_style(ch, cw)
+    (_, th), base = cv2.getTextSize("Ag", _FONT, style.font_scale, style.font_thickness)
+    strip = np.zeros((th + base + 4 * style.pad, out.shape[1], 3), np.uint8)
+    cv2.putText(strip, title, (2 * style.pad, 2 * style.pad + th), _FONT, style.font_scale,
+                (255, 255, 255), style.font_thickness, cv2.LINE_AA)
+    return np.concatenate([strip, out], axis=0)
+
+
+def _upscaled(img: np.ndarray, item, min_size: int):
+    """``img`` (and a dataset dict's boxes) enlarged so the shorter side is >= ``min_size``, and the factor:
+    labels drawn on a 200-pixel image would be a few pixels tall."""
+    scale = min_size / min(img.shape[:2]) if min_size else 1.0
+    if scale <= 1.0:
+        return img, item, 1.0
+    img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
+    if isinstance(item, dict):
+        item = {**item, "annotations": [{**a, "bbox": [v * scale for v in a["bbox"]]}
+                                        for a in item.get("annotations", [])]}
+    return img, item, scale
+
+
 def read_image(path: str) -> np.ndarray:
     """``cv2.imread`` (BGR uint8) that raises a clear error instead of returning None."""
     if not os.path.isfile(path):
@@ -307,13 +349,15 @@ def _output_path(output_dir: str, src: str, used: set) -> str:
 
 def visualize_images(predictor, inputs: Iterable, output_dir: str, class_names: Sequence[str] | None = None,
                      score_thresh: float = 0.5, show_gt: bool = False, side_by_side_gt: bool = False,
-                     progress: bool = True) -> list[str]:
+                     progress: bool = True, min_size: int = 0) -> list[str]:
     """Run ``predictor`` (BGR ndarray -> {"instances": ...}) on each input and write the drawings.
 
     Args:
         inputs: image paths, or dataset dicts (docs/CONTRACTS.md) whose annotations ``show_gt``
             overlays (dashed white) and ``side_by_side_gt`` draws in a second panel.
         class_names: defaults to the predictor's ``class_names`` / ``metadata.thing_classes``.
+        min_size: draw on a copy enlarged to this shorter side (0: original size), so that labels on
+            small images stay legible; the predictor always sees the original image.
     Returns the written file paths, one per input, in input order.
     """
     inputs = list(inputs)
@@ -334,6 +378,8 @@ def visualize_images(predictor, inputs: Iterable, output_dir: str, class_names: 
         path = item["file_name"] if isinstance(item, dict) else item
         img = read_image(path)
         boxes, scores, classes = _instances_numpy(predictor(img))
+        img, item, scale = _upscaled(img, item, min_size)
+        boxes = boxes * scale
         gt_boxes = gt_classes = None
         if show_gt and not side_by_side_gt:
             anns = item.get("annotations", [])
