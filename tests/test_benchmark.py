@@ -157,7 +157,7 @@ def test_smoke_cpu_plan_tiny(tmp_path):
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     # benchmarks/gpu_check.py at tiny sizes: the imports probe and the benchmark's GPU plan (targets,
     # loader, profile), what a lent GPU runs in one call. Its pytest step runs tests/test_cuda.py, which
-    # the suite runs anyway, and its demo step tools/train_net.py (tests/test_engine_*.py): left out here.
+    # the suite runs anyway, and its demo step: left out here (test_gpu_check_demo_step_dry_run_on_cpu).
     out = tmp_path / "out"
     proc = run_tool([os.path.join("benchmarks", "gpu_check.py"), "--device", "cpu", "--tiny", "--out", str(out),
                      "--skip", "pytest", "demo"])
@@ -184,6 +184,20 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| imports | ok |" in summary and "| benchmark | ok |" in summary and "Demo: not run" in summary
     assert "R50-FPN training step, GPU settings vs torchvision" in proc.stdout  # the summary ends the output
+
+
+def test_gpu_check_demo_step_dry_run_on_cpu(tmp_path):
+    # The GPU script's demo step runs what `make demo` runs (tools/demo.py: pretraining, then the
+    # fine-tuned detector), at tiny sizes here; a broken step would cost a lent GPU's one try.
+    out = tmp_path / "out"
+    run_tool([os.path.join("benchmarks", "gpu_check.py"), "--device", "cpu", "--tiny", "--out", str(out),
+              "--skip", "pytest", "benchmark"])
+    summary = (out / "summary.md").read_text()
+    assert "| demo | ok |" in summary and "pretraining, then configs/demo/frcnn_r18_fpn_shapes_pretrained.yaml" in summary
+    log = (out / "gpu_check.log").read_text()
+    assert "tools/demo.py" in log and "(backbone pretrained in " in log  # the hand-off happened
+    records = [json.loads(line) for line in (out / "demo_metrics.json").read_text().splitlines()]
+    assert any("bbox/AP50" in r for r in records) and max(r["iteration"] for r in records) == 1
 
 
 def test_gpu_check_reads_pytest_and_demo_results(tmp_path):

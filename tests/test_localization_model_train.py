@@ -120,7 +120,9 @@ def test_train_localizer_cli(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "top1_loc_err" in r.stderr + r.stdout
-    assert os.path.isfile(out / "model_final.pth") and len(os.listdir(out / "vis")) == 1
+    # One prediction | ground-truth panel per drawn image, and the grid of all of them (as for detectors).
+    assert os.path.isfile(out / "model_final.pth") and len(os.listdir(out / "vis")) == 2
+    assert os.path.isfile(out / "vis" / "summary.png")
     # --eval-only on the trained checkpoint gives a metrics line.
     r = subprocess.run(cmd[:4] + ["--eval-only", *TINY, "OUTPUT_DIR", str(out), "MODEL.WEIGHTS",
                                   str(out / "model_final.pth")], env=env, capture_output=True, text=True,
