@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+from resnet_det.data import register_all_builtins
+
+from engine_utils import make_tiny_shapes
+
 # Two cores: keep intra-op threads low so parallel test workers do not oversubscribe.
 torch.set_num_threads(1)
 
@@ -33,3 +37,13 @@ def datasets_root(tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("RESNET_DET_DATASETS", str(root))
     return root
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    """A tiny shapes set (12 train / 4 val) that the built-in catalog names point at for one test module
+    (in-process training); the default registration comes back afterwards."""
+    root = make_tiny_shapes(str(tmp_path_factory.mktemp("datasets")))
+    register_all_builtins(root)
+    yield root
+    register_all_builtins()

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from resnet_det.config import get_cfg
-from resnet_det.data import build_detection_train_loader, register_all_builtins
+from resnet_det.data import build_detection_train_loader
 from resnet_det.engine import Trainer
 from resnet_det.engine.launch import launch
 from resnet_det.export import export_model, generated_image
@@ -31,7 +31,7 @@ from resnet_det.modeling.detector import pooling
 from resnet_det.utils import comm
 from resnet_det.utils.benchmark import cuda_step_memory, interleaved_times, pretrained_like_norms, synchronize
 
-from engine_utils import REPO, TINY_OPTS, make_tiny_shapes
+from engine_utils import REPO, TINY_OPTS
 
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
 DEVICES = ["cpu", CUDA]
@@ -52,14 +52,6 @@ def host_threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    root = make_tiny_shapes(str(tmp_path_factory.mktemp("datasets")))
-    register_all_builtins(root)
-    yield root
-    register_all_builtins()
 
 
 @pytest.fixture

@@ -9,19 +9,10 @@ import time
 import pytest
 import torch
 
-from resnet_det.data import register_all_builtins
 from resnet_det.engine import Trainer
 from resnet_det.engine.defaults import seed_all
 
-from engine_utils import DEMO_CONFIG, REPO, TINY_OPTS, make_tiny_shapes, run_train_net, tiny_cfg
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    root = make_tiny_shapes(str(tmp_path_factory.mktemp("datasets")))
-    register_all_builtins(root)
-    yield root
-    register_all_builtins()
+from engine_utils import DEMO_CONFIG, REPO, TINY_OPTS, run_train_net, tiny_cfg
 
 
 def train(cfg, resume=False):

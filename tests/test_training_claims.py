@@ -10,21 +10,12 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
-from resnet_det.data import register_all_builtins
 from resnet_det.engine import Trainer
 from resnet_det.engine.solver import build_lr_scheduler
 from resnet_det.modeling.detector import build_model
 from resnet_det.modeling.detector.rcnn import parameter_table
 
-from engine_utils import REPO, make_tiny_shapes, tiny_cfg
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    root = make_tiny_shapes(str(tmp_path_factory.mktemp("datasets")))
-    register_all_builtins(root)
-    yield root
-    register_all_builtins()
+from engine_utils import REPO, tiny_cfg
 
 
 def rel_err(a, b):
