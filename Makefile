@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 --durations=15 tests
 
-# Opt-in long checks (not in CI): the pretraining hand-off comparison, ~12 minutes on 2 cores.
+# Opt-in long checks (not in CI): the pretraining hand-off comparison, ~8 minutes on 2 cores.
 test-slow: $(STAMP)
 	RESNET_DET_SLOW=1 $(VPY) -m pytest -q -rs tests/projects/test_handoff_study.py
 

@@ -15,7 +15,7 @@ from resnet_det.engine.defaults import seed_all
 
 logger = logging.getLogger(__name__)
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PRETRAIN_CONFIG = os.path.join(REPO, "configs", "demo", "cls_r18_demo.yaml")
+PRETRAIN_CONFIG = os.path.join(REPO, "configs", "demo", "cls_r18_pretrain_demo.yaml")  # make demo's stage 1
 DETECTOR_CONFIG = os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes.yaml")
 
 
@@ -48,7 +48,7 @@ def finetune(output_dir: str, weights: str, iterations: int, seed: int, extra: l
     return trainer.train()
 
 
-def run_handoff_study(output_dir: str, pretrain_iters: int = 1500, det_iters: int = 300, seed: int = 0,
+def run_handoff_study(output_dir: str, pretrain_iters: int = 600, det_iters: int = 300, seed: int = 0,
                       pretrain_opts: list = (), det_opts: list = ()) -> dict:
     """Writes handoff.json and handoff.md in ``output_dir``; returns the summary."""
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def run_handoff_study(output_dir: str, pretrain_iters: int = 1500, det_iters: in
 def handoff_markdown(s: dict) -> str:
     top1 = s["pretrain_val"].get("top1_err", float("nan"))
     lines = ["# Pretraining hand-off: detector fine-tuned from pretrained ResNet-18 vs from scratch", "",
-             f"Pretraining: {s['pretrain_iters']} iterations of configs/demo/cls_r18_demo.yaml "
+             f"Pretraining: {s['pretrain_iters']} iterations of configs/demo/cls_r18_pretrain_demo.yaml "
              f"(cls_demo_val top-1 error {top1:.2f}%, {s['pretrain_seconds']:.0f} s).",
              f"Detection: {s['det_iters']} iterations of configs/demo/frcnn_r18_fpn_shapes.yaml, identical "
              f"settings and seed ({s['seed']}) except MODEL.WEIGHTS; box AP on shapes_val.", "",

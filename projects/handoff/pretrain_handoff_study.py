@@ -2,9 +2,9 @@
 """Fine-tune the demo detector from a backbone pretrained on the generated classification set and
 from random init (identical settings), and report box AP of both (handoff.md / handoff.json).
 
-    python projects/handoff/pretrain_handoff_study.py [--pretrain-iters 1500] [--det-iters 300] [--output DIR]
+    python projects/handoff/pretrain_handoff_study.py [--pretrain-iters 600] [--det-iters 300] [--output DIR]
 
-Everything is generated (cls_demo, shapes); on 2 CPU cores the defaults take about 12 minutes.
+Everything is generated (cls_demo, shapes); on 2 CPU cores the defaults take about 8 minutes.
 Measured results: benchmarks/HANDOFF.md.
 """
 import argparse
@@ -20,12 +20,12 @@ from handoff import run_handoff_study  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretrain-iters", type=int, default=1500)
+    p.add_argument("--pretrain-iters", type=int, default=600)
     p.add_argument("--det-iters", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="output/pretrain_handoff_study")
     p.add_argument("--pretrain-opts", nargs="*", default=[], metavar="KEY VALUE",
-                   help="overrides of configs/demo/cls_r18_demo.yaml")
+                   help="overrides of configs/demo/cls_r18_pretrain_demo.yaml")
     p.add_argument("--det-opts", nargs="*", default=[], metavar="KEY VALUE",
                    help="overrides of configs/demo/frcnn_r18_fpn_shapes.yaml")
     args = p.parse_args(argv)
