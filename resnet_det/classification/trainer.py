@@ -98,7 +98,7 @@ def run_classification(cfg, args) -> dict:
     trainer = ClassificationTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
-    if comm.is_main_process() and not trainer._stop.is_set():
+    if comm.is_main_process() and not trainer.interrupted:
         import os
 
         from ..utils.plot import plot_metrics

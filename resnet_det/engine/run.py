@@ -28,7 +28,7 @@ def run_detection(cfg, args, trainer_cls) -> dict:
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
-    if comm.is_main_process() and not trainer._stop.is_set():
+    if comm.is_main_process() and not trainer.interrupted:
         draw_outputs(cfg, trainer.model, results)
     return results
 

@@ -239,6 +239,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether SIGTERM/SIGINT stopped training early (a checkpoint was written; `--resume` continues)."""
+        return self._stop.is_set()
+
     def _install_signal_handlers(self):
         """SIGTERM/SIGINT finish the current step, write a checkpoint and return cleanly."""
         if threading.current_thread() is not threading.main_thread():
