@@ -253,12 +253,7 @@ def side_by_side(pred_img: np.ndarray, gt_img: np.ndarray, titles=("prediction",
     if not titles:
         return out
     style = default_style(height, out.shape[1] // 2)
-    (_, th), base = cv2.getTextSize("Ag", _FONT, style.font_scale, style.font_thickness)
-    strip = np.zeros((th + base + 2 * style.pad, out.shape[1], 3), np.uint8)
-    for title, x in zip(titles, (0, a.shape[1] + gap)):
-        cv2.putText(strip, title, (x + style.pad, style.pad + th), _FONT, style.font_scale,
-                    (255, 255, 255), style.font_thickness, cv2.LINE_AA)
-    return np.concatenate([strip, out], axis=0)
+    return _with_title_strip(out, style, list(zip(titles, (0, a.shape[1] + gap))), margin=style.pad)
 
 
 def image_grid(images: Sequence[np.ndarray], cols: int, gap: int = 4, title: str | None = None,
@@ -283,11 +278,17 @@ def image_grid(images: Sequence[np.ndarray], cols: int, gap: int = 4, title: str
     if not title:
         return out
     style = default_style(ch, cw)
+    return _with_title_strip(out, style, [(title, 0)], margin=2 * style.pad)
+
+
+def _with_title_strip(img: np.ndarray, style: DrawStyle, titles: list, margin: int) -> np.ndarray:
+    """``img`` under a black strip with white ``(text, x)`` titles, ``margin`` pixels around the text."""
     (_, th), base = cv2.getTextSize("Ag", _FONT, style.font_scale, style.font_thickness)
-    strip = np.zeros((th + base + 4 * style.pad, out.shape[1], 3), np.uint8)
-    cv2.putText(strip, title, (2 * style.pad, 2 * style.pad + th), _FONT, style.font_scale,
-                (255, 255, 255), style.font_thickness, cv2.LINE_AA)
-    return np.concatenate([strip, out], axis=0)
+    strip = np.zeros((th + base + 2 * margin, img.shape[1], 3), np.uint8)
+    for text, x in titles:
+        cv2.putText(strip, text, (x + margin, margin + th), _FONT, style.font_scale, (255, 255, 255),
+                    style.font_thickness, cv2.LINE_AA)
+    return np.concatenate([strip, img], axis=0)
 
 
 def _upscaled(img: np.ndarray, item, min_size: int):
