@@ -39,17 +39,20 @@ DETECTOR_CONFIG = os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes_pr
 SCRATCH_CONFIG = os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes.yaml")
 
 
-def _stage_args(args, config_file: str, opts: list) -> argparse.Namespace:
+# The demo is one process: launch_tool's fields, for the tool and for each stage.
+ONE_PROCESS = dict(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto")
+
+
+def _stage_args(config_file: str, opts: list) -> argparse.Namespace:
     """The arguments tools/train_net.py would get for one stage."""
-    return argparse.Namespace(config_file=config_file, opts=opts, resume=False, eval_only=False, num_gpus=1,
-                              num_machines=1, machine_rank=0, dist_url="auto")
+    return argparse.Namespace(config_file=config_file, opts=opts, resume=False, eval_only=False, **ONE_PROCESS)
 
 
 def main(args) -> dict:
     start = time.perf_counter()
     weights = ""
     if not args.no_pretrain:
-        pre = _stage_args(args, PRETRAIN_CONFIG, ["OUTPUT_DIR", os.path.join(args.output, "pretrain"),
+        pre = _stage_args(PRETRAIN_CONFIG, ["OUTPUT_DIR", os.path.join(args.output, "pretrain"),
                                                   *args.pretrain_opts])
         cfg = setup_cfg_or_exit(pre)
         default_setup(cfg, pre)
@@ -57,7 +60,7 @@ def main(args) -> dict:
         weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     pretrain_s = time.perf_counter() - start
     det_config = SCRATCH_CONFIG if args.no_pretrain else DETECTOR_CONFIG
-    det = _stage_args(args, det_config, ["OUTPUT_DIR", args.output, "MODEL.WEIGHTS", weights, *args.det_opts])
+    det = _stage_args(det_config, ["OUTPUT_DIR", args.output, "MODEL.WEIGHTS", weights, *args.det_opts])
     cfg = setup_cfg_or_exit(det)
     default_setup(cfg, det)
     results = run_detection(cfg, det, Trainer)
@@ -94,10 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--det-opts", nargs="*", default=[], metavar="KEY VALUE",
                    help="overrides of the detector config (frcnn_r18_fpn_shapes_pretrained.yaml, "
                    "or frcnn_r18_fpn_shapes.yaml with --no-pretrain)")
-    args = p.parse_args(argv)
-    # launch_tool's fields: the demo is one process.
-    args.num_gpus, args.num_machines, args.machine_rank, args.dist_url = 1, 1, 0, "auto"
-    return args
+    return argparse.Namespace(**vars(p.parse_args(argv)), **ONE_PROCESS)
 
 
 if __name__ == "__main__":
