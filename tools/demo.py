@@ -52,8 +52,7 @@ def main(args) -> dict:
     start = time.perf_counter()
     weights = ""
     if not args.no_pretrain:
-        pre = _stage_args(PRETRAIN_CONFIG, ["OUTPUT_DIR", os.path.join(args.output, "pretrain"),
-                                                  *args.pretrain_opts])
+        pre = _stage_args(PRETRAIN_CONFIG, ["OUTPUT_DIR", os.path.join(args.output, "pretrain"), *args.pretrain_opts])
         cfg = setup_cfg_or_exit(pre)
         default_setup(cfg, pre)
         run_classification(cfg, pre)
