@@ -92,9 +92,11 @@ def _read_torch(path: str, trusted: bool):
                            f"or not a torch file? Accepted: {ACCEPTED_FORMATS}") from None
 
 
-def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
+def read_checkpoint(path: str, *, trusted: bool = False,
+                    ema: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
     """(state dict of tensors, meta record or None) from any format in ACCEPTED_FORMATS; a wrapper's
-    prefix shared by every key (module., net., model.) is removed."""
+    prefix shared by every key (module., net., model.) is removed. With ``ema``, a training checkpoint
+    that holds a weights EMA (MODEL_EMA: {"ema": AveragedModel state}) gives the EMA's weights."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise missing_weights_error(path)
@@ -103,6 +105,11 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torc
         raise WeightsError(f"{path}: expected a dict of weights, found {type(obj).__name__}; "
                            f"accepted: {ACCEPTED_FORMATS}")
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else None
+    if ema and isinstance(obj.get("ema"), dict):
+        averaged = obj["ema"]
+        logger.info("%s: using its EMA weights (MODEL_EMA; %d updates), not the last trained ones", path,
+                    int(averaged.get("n_averaged", -1)))
+        obj = {"model": {k[len("module."):]: v for k, v in averaged.items() if k.startswith("module.")}}
     for wrapper in ("model", "state_dict", "blobs"):
         if isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

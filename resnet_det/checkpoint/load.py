@@ -29,11 +29,12 @@ _NET = "net."
 _RESNET_HOMES = ((_C4.body_prefix, ""), (_C4.res5_prefix, "layer4."), (_NET, ""))
 
 
-def read_weights(path: str) -> tuple[dict, dict]:
-    """(state_dict of tensors, meta or {}) of MODEL.WEIGHTS; a one-paragraph error when unset or missing."""
+def read_weights(path: str, ema: bool = False) -> tuple[dict, dict]:
+    """(state_dict of tensors, meta or {}) of MODEL.WEIGHTS; a one-paragraph error when unset or missing.
+    ``ema``: a checkpoint's EMA weights where it holds them (formats.read_checkpoint)."""
     if not path:
         raise ConfigError("MODEL.WEIGHTS is empty: give a weights file (MODEL.WEIGHTS path/to/weights.pth)")
-    sd, meta = read_checkpoint(path)
+    sd, meta = read_checkpoint(path, ema=ema)
     return sd, meta or {}
 
 
@@ -106,7 +107,7 @@ def _to_model_names(sd: dict, model: nn.Module, target: dict, path: str) -> tupl
     return sd, [], "a checkpoint of this model's layout", True
 
 
-def load_model_weights(model: nn.Module, path: str, *, require_all: bool = False) -> dict:
+def load_model_weights(model: nn.Module, path: str, *, require_all: bool = False, use_ema: bool = False) -> dict:
     """Load MODEL.WEIGHTS into `model`; returns and logs the report (loaded / reinitialized /
     missing / unused).
 
@@ -120,9 +121,12 @@ def load_model_weights(model: nn.Module, path: str, *, require_all: bool = False
 
     ``require_all``: the file must hold exactly this model (every tensor loads, none is left over or
     re-initialised), as export needs: a deployed model with random layers is wrong.
+
+    ``use_ema``: a training checkpoint's weights EMA (MODEL_EMA) where it holds one (logged), as
+    --eval-only evaluates what training evaluated.
     """
     model = unwrap_model(model)
-    sd, _ = read_weights(path)
+    sd, _ = read_weights(path, ema=use_ema)
     in_file = len(sd)
     target = model.state_dict()
     sd, dropped, kind, whole = _to_model_names(sd, model, target, path)

@@ -216,6 +216,15 @@ _C.DATALOADER.ON_BAD_IMAGE = "error"
 # Pin the training batches' host memory when the model trains on a GPU (MODEL.DEVICE cuda, or auto
 # with one present): the model's non_blocking copies then overlap with the host; ignored on CPU.
 _C.DATALOADER.PIN_MEMORY = True
+# Training sampler (detection and localization loaders): "TrainingSampler" (each image once per
+# epoch, reshuffled) or "RepeatFactorTrainingSampler" (detectron2's, from the LVIS paper: an image is
+# repeated r = max over its categories c of max(1, sqrt(REPEAT_THRESHOLD / f(c))) times per epoch,
+# f(c) = the fraction of training images containing c, the fraction of r rounded stochastically per
+# epoch), which oversamples images of rare categories in long-tailed data sets.
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+# RepeatFactorTrainingSampler's threshold t: categories in fewer than this fraction of the images are
+# oversampled (LVIS uses 0.001).
+_C.DATALOADER.REPEAT_THRESHOLD = 0.0
 
 # ---------------------------------------------------------------------------------------------
 # SOLVER
@@ -248,6 +257,10 @@ _C.SOLVER.WARMUP_ITERS = 1000
 # "linear" or "constant" (ResNet-110's lr 0.01 warm-up, Sec. 4.2, is constant with factor 0.1).
 _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Keep only the newest this many periodic checkpoints (model_NNNNNNN.pth; 0 = keep all). An older one
+# is deleted only after the new one is completely written; model_final.pth and model_best.pth are
+# never deleted.
+_C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
 # Clip gradients to this global L2 norm (0 = off).
 _C.SOLVER.CLIP_GRADIENTS = 0.0
 # Non-finite loss or gradient: "stop" with a report (iteration, loss term, image ids), or "skip"
@@ -257,6 +270,20 @@ _C.SOLVER.AMP = CN()
 # Mixed precision (GPU); DTYPE "bfloat16" or "float16" (the latter uses a GradScaler).
 _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.AMP.DTYPE = "bfloat16"
+
+# ---------------------------------------------------------------------------------------------
+# MODEL_EMA: an exponential moving average of the weights (parameters and buffers), updated after
+# every step (torch.optim.swa_utils.AveragedModel); evaluation during and after training, the
+# drawings and --eval-only of a checkpoint that holds one use it; checkpoints hold both ("model" and
+# "ema") and --resume restores both.
+# ---------------------------------------------------------------------------------------------
+_C.MODEL_EMA = CN()
+_C.MODEL_EMA.ENABLED = False
+# ema = DECAY * ema + (1 - DECAY) * weights after each step (0.999: about the last 1000 steps).
+_C.MODEL_EMA.DECAY = 0.999
+# Warm-up (d2go's ModelEMA): update n uses min(DECAY, (1 + n) / (DECAY_WARM_UP_FACTOR + n)), so a short
+# run's average is not dominated by the random initial weights; negative = off (constant DECAY).
+_C.MODEL_EMA.DECAY_WARM_UP_FACTOR = -1.0
 
 # ---------------------------------------------------------------------------------------------
 # TEST

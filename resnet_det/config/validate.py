@@ -23,6 +23,7 @@ _CHOICES = {
     "INPUT.FORMAT": ("BGR", "RGB"),
     "INPUT.MEAN_MODE": ("per_channel", "per_pixel"),
     "DATALOADER.ON_BAD_IMAGE": ("error", "skip"),
+    "DATALOADER.SAMPLER_TRAIN": ("TrainingSampler", "RepeatFactorTrainingSampler"),
     "SOLVER.OPTIMIZER": ("SGD", "AdamW"),
     "SOLVER.LR_SCHEDULER_NAME": ("WarmupMultiStepLR", "WarmupCosineLR"),
     "SOLVER.WARMUP_METHOD": ("linear", "constant"),
@@ -72,3 +73,9 @@ def validate_cfg(cfg) -> None:
     lo, hi = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0 <= lo <= hi <= 1:
         _fail("MODEL.RPN.IOU_THRESHOLDS", cfg.MODEL.RPN.IOU_THRESHOLDS, "[low, high] with 0 <= low <= high <= 1")
+    if not 0 <= cfg.DATALOADER.REPEAT_THRESHOLD <= 1:
+        _fail("DATALOADER.REPEAT_THRESHOLD", cfg.DATALOADER.REPEAT_THRESHOLD, "a fraction of images in [0, 1]")
+    if cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP < 0:
+        _fail("SOLVER.CHECKPOINT_MAX_TO_KEEP", cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP, "0 (keep all) or a positive count")
+    if not 0 <= cfg.MODEL_EMA.DECAY <= 1:
+        _fail("MODEL_EMA.DECAY", cfg.MODEL_EMA.DECAY, "a decay in [0, 1], e.g. 0.999")

@@ -21,7 +21,7 @@ def run_detection(cfg, args, trainer_cls) -> dict:
         from .trainer import resolve_device
 
         model.to(resolve_device(cfg))
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
+        load_model_weights(model, cfg.MODEL.WEIGHTS, use_ema=True)  # a checkpoint's EMA, if it has one
         results = trainer_cls.test(cfg, model)
         record_eval_only(cfg, results)
         return results
@@ -29,7 +29,7 @@ def run_detection(cfg, args, trainer_cls) -> dict:
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     if comm.is_main_process() and not trainer.interrupted:
-        draw_outputs(cfg, trainer.model, results)
+        draw_outputs(cfg, trainer.eval_model, results)  # the weights evaluated (the EMA's when on)
     return results
 
 
