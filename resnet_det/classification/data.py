@@ -199,6 +199,9 @@ def build_classification_train_loader(cfg, start_iter: int = 0, dicts: list | No
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # repeat factors come from box categories
+        raise ConfigError(f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} applies to detection and "
+                          "localization training; classification uses TrainingSampler (remove the setting)")
     dicts = get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts
     sampler = TrainingSampler(len(dicts), shuffle=True, seed=cfg.SEED)
     stream = _BatchStream(dicts, TrainTransform(cfg), cfg.INPUT.FORMAT, sampler, total // world, start_iter,

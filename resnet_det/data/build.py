@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .samplers import InferenceSampler, TrainingSampler
+from .samplers import (InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler,
+                       repeat_factors_from_category_frequency)
 from .transforms import DatasetMapper, read_skipped_images
 from ..utils import comm
 from ..utils.errors import ConfigError, DataError
@@ -171,11 +172,26 @@ def build_detection_train_loader(cfg, mapper=None, start_iter: int = 0, dataset:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     if dataset is None:
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED)
+    sampler = build_train_sampler(cfg, dataset)
     bad = set(read_skipped_images(cfg.OUTPUT_DIR)) if start_iter > 0 else set()
     return TrainLoader(dataset, mapper or DatasetMapper(cfg, is_train=True), sampler, total // world,
                        cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.DATALOADER.NUM_WORKERS,
                        bool(cfg.DATALOADER.PIN_MEMORY) and _trains_on_cuda(cfg), start_iter, bad)
+
+
+def build_train_sampler(cfg, dataset: list[dict]) -> TrainingSampler:
+    """DATALOADER.SAMPLER_TRAIN over ``dataset`` (its dicts), seeded by SEED."""
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    logger.info("Using training sampler %s", name)
+    if name == "RepeatFactorTrainingSampler":
+        factors = repeat_factors_from_category_frequency(dataset, cfg.DATALOADER.REPEAT_THRESHOLD)
+        logger.info("Repeat factors (DATALOADER.REPEAT_THRESHOLD %g): %d of %d images repeated, an epoch "
+                    "is %.1f images on average", cfg.DATALOADER.REPEAT_THRESHOLD, int((factors > 1).sum()),
+                    len(factors), float(factors.sum()))
+        return RepeatFactorTrainingSampler(factors, seed=cfg.SEED)
+    if name == "TrainingSampler":
+        return TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED)
+    raise ConfigError(f"DATALOADER.SAMPLER_TRAIN={name!r}: expected TrainingSampler or RepeatFactorTrainingSampler")
 
 
 def _trains_on_cuda(cfg) -> bool:
