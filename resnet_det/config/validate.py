@@ -66,6 +66,12 @@ def validate_cfg(cfg) -> None:
         _fail("SOLVER.BASE_LR", cfg.SOLVER.BASE_LR, "a positive learning rate")
     if list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         _fail("SOLVER.STEPS", cfg.SOLVER.STEPS, "increasing iterations")
+    if not 0 <= cfg.DATALOADER.REPEAT_THRESHOLD <= 1:
+        _fail("DATALOADER.REPEAT_THRESHOLD", cfg.DATALOADER.REPEAT_THRESHOLD, "a fraction of images in [0, 1]")
+    if cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP < 0:
+        _fail("SOLVER.CHECKPOINT_MAX_TO_KEEP", cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP, "0 (keep all) or a positive count")
+    if not 0 <= cfg.MODEL_EMA.DECAY <= 1:
+        _fail("MODEL_EMA.DECAY", cfg.MODEL_EMA.DECAY, "a decay in [0, 1], e.g. 0.999")
     if not 0 <= cfg.INPUT.RANDOM_FLIP_PROB <= 1:
         _fail("INPUT.RANDOM_FLIP_PROB", cfg.INPUT.RANDOM_FLIP_PROB, "a probability in [0, 1]")
     if min(cfg.INPUT.MIN_SIZE_TRAIN) <= 0 or cfg.INPUT.MIN_SIZE_TEST <= 0:
@@ -73,9 +79,3 @@ def validate_cfg(cfg) -> None:
     lo, hi = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0 <= lo <= hi <= 1:
         _fail("MODEL.RPN.IOU_THRESHOLDS", cfg.MODEL.RPN.IOU_THRESHOLDS, "[low, high] with 0 <= low <= high <= 1")
-    if not 0 <= cfg.DATALOADER.REPEAT_THRESHOLD <= 1:
-        _fail("DATALOADER.REPEAT_THRESHOLD", cfg.DATALOADER.REPEAT_THRESHOLD, "a fraction of images in [0, 1]")
-    if cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP < 0:
-        _fail("SOLVER.CHECKPOINT_MAX_TO_KEEP", cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP, "0 (keep all) or a positive count")
-    if not 0 <= cfg.MODEL_EMA.DECAY <= 1:
-        _fail("MODEL_EMA.DECAY", cfg.MODEL_EMA.DECAY, "a decay in [0, 1], e.g. 0.999")
