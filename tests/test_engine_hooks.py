@@ -258,3 +258,23 @@ def test_config_errors():
         cfg.merge_from_list([key, value])
         with pytest.raises(ValueError, match=msg):
             validate_cfg(cfg)
+
+
+def test_classifier_eval_only_weights_are_the_ema(tmp_path):
+    """pretrain_net.py --eval-only builds its net through build_eval_model(use_ema=True): a checkpoint
+    with an EMA gives the EMA's weights; one without gives its model's."""
+    from resnet_det.classification import build_classifier
+    from resnet_det.classification.trainer import build_eval_model
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "Classifier", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.NORM", "BN",
+                         "MODEL.CLASSIFIER.NUM_CLASSES", 4, "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    trained = build_classifier(cfg).state_dict()
+    ema = {f"module.{k}": (v + 1 if v.is_floating_point() else v) for k, v in trained.items()}
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": trained, "ema": {**ema, "n_averaged": torch.tensor(7)}, "iteration": 9}, path)
+    got = build_eval_model(cfg, path, use_ema=True).state_dict()
+    assert all(torch.equal(got[k], ema[f"module.{k}"]) for k in trained)
+    got = build_eval_model(cfg, path).state_dict()  # export and fine-tuning keep the trained weights
+    assert all(torch.equal(got[k], trained[k]) for k in trained)

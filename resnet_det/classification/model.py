@@ -122,14 +122,15 @@ def build_classifier(cfg, mean_image=None) -> Classifier:
     return to_channels_last(model) if cfg.MODEL.CHANNELS_LAST else model
 
 
-def load_classifier_weights(model: Classifier, path: str, require_all: bool = False) -> dict:
+def load_classifier_weights(model: Classifier, path: str, require_all: bool = False, use_ema: bool = False) -> dict:
     """Initialise the classifier from MODEL.WEIGHTS through the package's loader and policy
     (checkpoint.load_model_weights: any naming, an fc of another NUM_CLASSES keeps its initialisation);
     a recorded per-pixel mean image replaces the model's. Returns the report.
 
     ``require_all``: the file must hold exactly this net (every tensor loads, none left over, as
-    export needs: a deployed model with random layers, or one missing trained blocks, is wrong)."""
-    report = load_model_weights(model, path, require_all=require_all)
+    export needs: a deployed model with random layers, or one missing trained blocks, is wrong).
+    ``use_ema``: a training checkpoint's weights EMA (MODEL_EMA) where it holds one."""
+    report = load_model_weights(model, path, require_all=require_all, use_ema=use_ema)
     _, meta = read_weights(path)
     if isinstance(meta.get("mean_image"), torch.Tensor) and model.mean_image is not None:
         model.mean_image = meta["mean_image"].to(model.pixel_mean)

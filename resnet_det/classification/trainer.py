@@ -65,9 +65,10 @@ def mean_image_meta(mean_image: torch.Tensor) -> dict:
     return {"pixel_mean": [float(v) for v in mean_image.mean(dim=(1, 2))], "mean_image": mean_image}
 
 
-def build_eval_model(cfg, weights: str, require_all: bool = False):
+def build_eval_model(cfg, weights: str, require_all: bool = False, use_ema: bool = False):
     """The classifier of ``weights`` for evaluation (and export): its recorded mean image if it has
     one. ``require_all``: refuse weights that do not fill the net exactly (load_classifier_weights).
+    ``use_ema``: a training checkpoint's weights EMA (MODEL_EMA) where it holds one (--eval-only).
     A checkpoint whose recorded INPUT.MEAN_MODE contradicts the config is refused: the net would see
     inputs normalised otherwise than in training."""
     _, meta = read_weights(weights)
@@ -83,7 +84,7 @@ def build_eval_model(cfg, weights: str, require_all: bool = False):
             logger.info("MODEL.WEIGHTS records no mean image; computing it from DATASETS.TRAIN")
             mean = compute_mean_image(cfg)
     model = build_classifier(cfg, mean).to(resolve_device(cfg))
-    load_classifier_weights(model, weights, require_all=require_all)
+    load_classifier_weights(model, weights, require_all=require_all, use_ema=use_ema)
     return model
 
 
@@ -92,7 +93,8 @@ def run_classification(cfg, args) -> dict:
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
             raise ConfigError("--eval-only needs MODEL.WEIGHTS path/to/model_final.pth (a pretraining checkpoint)")
-        results = ClassificationTrainer.test(cfg, build_eval_model(cfg, cfg.MODEL.WEIGHTS))
+        # a checkpoint's EMA where it holds one (MODEL_EMA), as training evaluated
+        results = ClassificationTrainer.test(cfg, build_eval_model(cfg, cfg.MODEL.WEIGHTS, use_ema=True))
         record_eval_only(cfg, results, protocol=cfg.TEST.CLS_PROTOCOL)
         return results
     trainer = ClassificationTrainer(cfg)
