@@ -23,6 +23,7 @@ from resnet_det.checkpoint.formats import save_detectron2_pkl
 from resnet_det.checkpoint.layouts import convert_detector
 from resnet_det.config import get_cfg
 from resnet_det.engine import Trainer
+from resnet_det.utils.benchmark import pretrained_like_norms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -138,3 +139,59 @@ def test_one_training_step_equals_detectron2s(arch, tmp_path):
     schedule = trainer.scheduler.lr_lambdas[0]
     for it, mult in fix["lr_multiplier"].items():
         assert schedule(int(it)) == pytest.approx(mult, rel=1e-9, abs=1e-12), it
+
+
+def detectron2_lr_multiplier(solver, it: int) -> float:
+    """detectron2's WarmupParamScheduler(MultiStepParamScheduler, linear warmup) as its LRMultiplier
+    evaluates it (solver/build.py, fvcore's param_scheduler): the oracle for configs without a fixture."""
+    mult = solver.GAMMA ** sum(it >= s for s in solver.STEPS)
+    if it < solver.WARMUP_ITERS:
+        alpha = it / solver.WARMUP_ITERS
+        mult *= solver.WARMUP_FACTOR * (1 - alpha) + alpha
+    return mult
+
+
+@pytest.mark.parametrize("arch", ["FPN", "C4"])
+def test_r101_3x_with_7_classes_trains_with_the_configured_normalizers(arch, tmp_path):
+    """No detectron2 fixture for R-101: nothing in the step may be specific to R-50 or 80 classes. The
+    R-101 3x zoo config with 7 classes builds every tensor under detectron2's names, freezes what
+    detectron2 freezes, and divides its RPN losses by RPN.BATCH_SIZE_PER_IMAGE x images as configured:
+    with exhaustive sampling, doubling the configured batch size halves both RPN losses exactly and
+    leaves the RoI losses (divided by the RoIs sampled) unchanged."""
+    fix = fixture(arch)
+    batch = fixture_batch(fix)
+    losses = {}
+    for size in (1_000_000, 2_000_000):
+        cfg = zoo_cfg(f"faster_rcnn_R_101_{arch}_3x.yaml", [], tmp_path / str(size), "MODEL.ROI_HEADS.NUM_CLASSES", 7,
+                      "MODEL.RPN.BATCH_SIZE_PER_IMAGE", size, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", size,
+                      "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64, "INPUT.MIN_SIZE_TRAIN", (256,))
+        # 7 classes: detectron2's classes 39, 68, 53, 61 become 0..3
+        small = [{**d, "classes": torch.arange(len(d["classes"])) + 2 * i} for i, d in enumerate(batch)]
+        torch.manual_seed(0)  # the same random weights for both sizes
+        trainer = Trainer(cfg)
+        model = pretrained_like_norms(trainer.model).train()
+        torch.manual_seed(0)
+        out = model(small)
+        losses[size] = {k: v.item() for k, v in out.items()}
+    assert cfg.MODEL.RESNETS.DEPTH == 101 and cfg.MODEL.RPN.LOSS_NORMALIZER == "batch_size"
+    predictor = model.roi_heads.box_predictor
+    assert (predictor.cls_score.out_features, predictor.bbox_pred.out_features) == (8, 32)
+    one, two = losses[1_000_000], losses[2_000_000]
+    for k in ("loss_objectness", "loss_rpn_box_reg"):
+        assert two[k] == pytest.approx(one[k] / 2, rel=1e-6), (k, one, two)
+    for k in ("loss_classifier", "loss_box_reg"):
+        assert two[k] == pytest.approx(one[k], rel=1e-6), (k, one, two)
+
+    names = d2_names(model, arch)  # every tensor has its detectron2 name (none unmatched)
+    stages = {d2.split(".")[2 if arch == "FPN" else 1] for k, d2 in names.items()
+              if not dict(model.named_parameters())[k].requires_grad}
+    assert stages == {"stem", "res2"}  # FREEZE_AT 2, as detectron2
+    if arch == "C4":  # res5 runs per region in the box head, and trains
+        assert sum(d2.startswith("roi_heads.res5.") for d2 in names.values()) == 3 * 3 + 1
+    assert max(int(d2.split(".")[-3]) for d2 in names.values() if ".res4." in d2) == 22  # 23 blocks in res4
+    schedule = trainer.scheduler.lr_lambdas[0]
+    s = cfg.SOLVER
+    for it in (0, 1, 500, 999, 1000, s.STEPS[0] - 1, s.STEPS[0], s.STEPS[1] - 1, s.STEPS[1], s.MAX_ITER - 1):
+        assert schedule(it) == pytest.approx(detectron2_lr_multiplier(s, it), rel=1e-9), it
+    assert {g["initial_lr"] for g in trainer.optimizer.param_groups} == {0.02}
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {1e-4}
