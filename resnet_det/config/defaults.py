@@ -103,6 +103,19 @@ _C.MODEL.RPN.SCORE_THRESH = 0.0
 # Proposal selection after the per-level top-k. "torchvision": drop sides < MIN_SIZE, NMS on sigmoid
 # scores. "detectron2": drop non-finite boxes and sides <= MIN_SIZE (0: empty boxes only), NMS on logits.
 _C.MODEL.RPN.POSTPROCESS = "torchvision"
+# Training loss (modeling/detector/detectron2_style.py). Defaults are torchvision's; detectron2's model
+# zoo uses SMOOTH_L1_BETA 0.0 and LOSS_NORMALIZER "batch_size" (configs/detectron2_zoo/).
+# Box regression loss: "smooth_l1" (on the encoded deltas) or "giou" / "diou" / "ciou" (on decoded boxes).
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
+# Smooth L1's beta (0 = L1 loss); torchvision's is 1/9.
+_C.MODEL.RPN.SMOOTH_L1_BETA = 1.0 / 9
+# Both RPN losses are multiplied by LOSS_WEIGHT, the box loss also by BBOX_REG_LOSS_WEIGHT (detectron2's).
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+# What the summed RPN losses are divided by: "sampled" (torchvision: the number of sampled anchors; the
+# objectness loss is their mean) or "batch_size" (detectron2: BATCH_SIZE_PER_IMAGE x images, the config
+# value, whatever the number sampled).
+_C.MODEL.RPN.LOSS_NORMALIZER = "sampled"
 
 _C.MODEL.ROI_HEADS = CN()
 # Number of object classes, background excluded (detectron2's convention).
@@ -147,6 +160,11 @@ _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
 _C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
 # Box-delta weights (wx, wy, ww, wh) of the second stage.
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+# Box head regression loss, as MODEL.RPN's: "smooth_l1" | "giou" | "diou" | "ciou", smooth L1's beta
+# (torchvision 1/9, detectron2's zoo 0.0 = L1) and the loss's weight. Divided by the number of sampled RoIs.
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 1.0 / 9
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
 
 # Localization (Appendix C): per-class regression heads on the classification net.
 _C.MODEL.LOCALIZER = CN()

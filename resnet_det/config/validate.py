@@ -18,6 +18,9 @@ _CHOICES = {
     "MODEL.ANCHOR_GENERATOR.STYLE": ("torchvision", "detectron2"),
     "MODEL.RPN.POSTPROCESS": ("torchvision", "detectron2"),
     "MODEL.ROI_HEADS.POSTPROCESS": ("torchvision", "detectron2"),
+    "MODEL.RPN.LOSS_NORMALIZER": ("sampled", "batch_size"),
+    "MODEL.RPN.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou", "diou", "ciou"),
+    "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou", "diou", "ciou"),
     "INPUT.RESIZE_ROUNDING": ("floor", "round"),
     "MODEL.CLASSIFIER.STYLE": ("imagenet", "cifar"),
     "INPUT.FORMAT": ("BGR", "RGB"),
@@ -76,6 +79,10 @@ def validate_cfg(cfg) -> None:
         _fail("INPUT.RANDOM_FLIP_PROB", cfg.INPUT.RANDOM_FLIP_PROB, "a probability in [0, 1]")
     if min(cfg.INPUT.MIN_SIZE_TRAIN) <= 0 or cfg.INPUT.MIN_SIZE_TEST <= 0:
         _fail("INPUT.MIN_SIZE_TRAIN/TEST", (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST), "positive sizes")
+    for key in ("MODEL.RPN.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "MODEL.RPN.LOSS_WEIGHT",
+                "MODEL.RPN.BBOX_REG_LOSS_WEIGHT", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT"):
+        if _get(cfg, key) < 0:
+            _fail(key, _get(cfg, key), "a value >= 0")
     lo, hi = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0 <= lo <= hi <= 1:
         _fail("MODEL.RPN.IOU_THRESHOLDS", cfg.MODEL.RPN.IOU_THRESHOLDS, "[low, high] with 0 <= low <= high <= 1")

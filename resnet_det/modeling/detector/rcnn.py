@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from ..backbone import build_backbone, resnet_kwargs_from_cfg
 from ..backbone.build import warn_frozen_random_init
 from ..speed import apply_fast_path
-from .detectron2_style import (Detectron2RoIHeads, Detectron2RPN, StridedAnchorGenerator,
-                               detectron2_resized_size, drop_empty_in_original)
+from .detectron2_style import (BoxRegressionLoss, Detectron2RoIHeads, Detectron2RPN, RoIHeadsWithLoss,
+                               RPNWithLoss, StridedAnchorGenerator, detectron2_resized_size,
+                               drop_empty_in_original)
 from .heads import FastRCNNPredictor, build_box_head, build_box_pooler
 
 logger = logging.getLogger(__name__)
@@ -148,26 +148,29 @@ def build_model(cfg) -> FasterRCNN:
         raise ValueError(f"MODEL.RPN.IN_FEATURES={rpn_names} have different channels {channels}")
     anchors = _anchor_generator(cfg, [shapes[n].stride for n in rpn_names])
     r = cfg.MODEL.RPN
-    rpn_cls = Detectron2RPN if r.POSTPROCESS == "detectron2" else RegionProposalNetwork
+    rpn_cls = Detectron2RPN if r.POSTPROCESS == "detectron2" else RPNWithLoss
     rpn = rpn_cls(
         anchors, RPNHead(channels.pop(), anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=r.IOU_THRESHOLDS[1], bg_iou_thresh=r.IOU_THRESHOLDS[0],
         batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
         pre_nms_top_n=dict(training=r.PRE_NMS_TOPK_TRAIN, testing=r.PRE_NMS_TOPK_TEST),
         post_nms_top_n=dict(training=r.POST_NMS_TOPK_TRAIN, testing=r.POST_NMS_TOPK_TEST),
-        nms_thresh=r.NMS_THRESH, score_thresh=r.SCORE_THRESH)
+        nms_thresh=r.NMS_THRESH, score_thresh=r.SCORE_THRESH,
+        box_loss=BoxRegressionLoss(r.BBOX_REG_LOSS_TYPE, r.SMOOTH_L1_BETA), normalizer=r.LOSS_NORMALIZER,
+        loss_weight=r.LOSS_WEIGHT, bbox_reg_loss_weight=r.BBOX_REG_LOSS_WEIGHT)
     rpn.min_size = r.MIN_SIZE
 
     h, b = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
     box_head = build_box_head(cfg, shapes, resnet_kwargs_from_cfg(cfg))
     predictor = FastRCNNPredictor(box_head.out_channels, h.NUM_CLASSES + 1, b.CLS_AGNOSTIC_BBOX_REG)
     d2_boxes = h.POSTPROCESS == "detectron2"
-    roi_heads = (Detectron2RoIHeads if d2_boxes else RoIHeads)(
+    roi_heads = (Detectron2RoIHeads if d2_boxes else RoIHeadsWithLoss)(
         build_box_pooler(cfg, shapes), box_head, predictor,
         fg_iou_thresh=h.IOU_THRESHOLD, bg_iou_thresh=h.IOU_THRESHOLD,
         batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
         bbox_reg_weights=tuple(b.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH_TEST,
-        nms_thresh=h.NMS_THRESH_TEST, detections_per_img=h.DETECTIONS_PER_IMAGE)
+        nms_thresh=h.NMS_THRESH_TEST, detections_per_img=h.DETECTIONS_PER_IMAGE,
+        box_loss=BoxRegressionLoss(b.BBOX_REG_LOSS_TYPE, b.SMOOTH_L1_BETA), bbox_reg_loss_weight=b.BBOX_REG_LOSS_WEIGHT)
     model = FasterRCNN(backbone, rpn, roi_heads, ResizeNormalize(cfg, backbone.size_divisibility),
                        rpn_names, h.IN_FEATURES, drop_empty=d2_boxes)
     logger.info("Parameters per stage (trainable / frozen):\n%s", parameter_table(model))
