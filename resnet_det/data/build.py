@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .samplers import InferenceSampler, TrainingSampler
+from .store import SerializedList
 from .transforms import DatasetMapper, read_skipped_images
 from ..utils import comm
 from ..utils.errors import ConfigError, DataError
@@ -171,6 +172,7 @@ def build_detection_train_loader(cfg, mapper=None, start_iter: int = 0, dataset:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     if dataset is None:
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    dataset = SerializedList(dataset)  # shared by forked workers, not copied (data/store.py)
     sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED)
     bad = set(read_skipped_images(cfg.OUTPUT_DIR)) if start_iter > 0 else set()
     return TrainLoader(dataset, mapper or DatasetMapper(cfg, is_train=True), sampler, total // world,
@@ -214,7 +216,7 @@ class TestLoader:
 def build_detection_test_loader(cfg, dataset_name, mapper=None) -> TestLoader:
     """Sequential loader over ``dataset_name`` (a name or list of names): batch 1, no flip, this
     rank's contiguous shard (InferenceSampler); ``len()`` is the shard size."""
-    dicts = get_detection_dataset_dicts(dataset_name, filter_empty=False)
+    dicts = SerializedList(get_detection_dataset_dicts(dataset_name, filter_empty=False))
     sampler = InferenceSampler(len(dicts))
     loader = DataLoader(_MapDataset(dicts, mapper or DatasetMapper(cfg, is_train=False)), batch_size=1,
                         sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_identity,
