@@ -29,6 +29,7 @@ _CHOICES = {
     "SOLVER.ON_NONFINITE": ("stop", "skip"),
     "SOLVER.AMP.DTYPE": ("bfloat16", "float16"),
     "TEST.CLS_PROTOCOL": ("center", "10crop", "multiscale"),
+    "TEST.COCO_EVAL_IMPL": ("auto", "pycocotools", "faster_coco_eval"),
 }
 _STAGES = ("stem", "res2", "res3", "res4", "res5")
 
