@@ -198,7 +198,7 @@ class _MapDataset(Dataset):
 
 
 class TestLoader:
-    """Batches of one model-input dict, each image of this rank's shard once, in order."""
+    """Batches (lists) of model-input dicts, each image of this rank's shard once, in order."""
 
     def __init__(self, loader: DataLoader, size: int):
         self.loader, self.size = loader, size
@@ -214,11 +214,13 @@ class TestLoader:
 
 
 def build_detection_test_loader(cfg, dataset_name, mapper=None) -> TestLoader:
-    """Sequential loader over ``dataset_name`` (a name or list of names): batch 1, no flip, this
-    rank's contiguous shard (InferenceSampler); ``len()`` is the shard size."""
+    """Sequential loader over ``dataset_name`` (a name or list of names): batches of TEST.IMS_PER_BATCH
+    images (per process), no flip, this rank's contiguous shard (InferenceSampler: every image on
+    exactly one rank); ``len()`` is the number of batches. DATALOADER.NUM_WORKERS workers decode the
+    next batches while the model runs on this one."""
     dicts = SerializedList(get_detection_dataset_dicts(dataset_name, filter_empty=False))
     sampler = InferenceSampler(len(dicts))
-    loader = DataLoader(_MapDataset(dicts, mapper or DatasetMapper(cfg, is_train=False)), batch_size=1,
-                        sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_identity,
-                        generator=torch.Generator().manual_seed(0))  # keep the global RNG untouched
-    return TestLoader(loader, len(sampler))
+    loader = DataLoader(_MapDataset(dicts, mapper or DatasetMapper(cfg, is_train=False)),
+                        batch_size=cfg.TEST.IMS_PER_BATCH, sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                        collate_fn=_identity, generator=torch.Generator().manual_seed(0))  # global RNG untouched
+    return TestLoader(loader, len(loader))
