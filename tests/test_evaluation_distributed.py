@@ -105,3 +105,45 @@ def test_two_ranks_evaluate_each_image_once(shapes, tmp_path):
     assert 5 < want["AP"] < 95
     assert bbox.keys() == want.keys()
     assert bbox == pytest.approx(want, nan_ok=True)
+
+
+def test_batched_inference_matches_one_at_a_time(tmp_path):
+    """TEST.IMS_PER_BATCH 3 vs 1 on the demo detector (random weights, images of one size, so batching
+    pads nothing): the same detections for every image, and every image once."""
+    from resnet_det.data.demo import make_loader_benchmark_set
+    from resnet_det.modeling.detector import build_model
+    from resnet_det.utils.benchmark import pretrained_like_norms
+
+    root = make_loader_benchmark_set(str(tmp_path / "set"), num_images=4, height=160, width=224, distinct=2)
+    register_coco_instances("batch_eval_set", {}, os.path.join(root, "instances.json"), os.path.join(root, "images"))
+    try:
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                         "demo", "frcnn_r18_fpn_shapes.yaml"))
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATALOADER.NUM_WORKERS", 0,
+                             "INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 224])
+        torch.manual_seed(0)
+        model = pretrained_like_norms(build_model(cfg)).eval()
+        with torch.no_grad():
+            model.roi_heads.box_predictor.cls_score.bias[1:3] += 6.0  # random weights that detect boxes
+        outs = {}
+        for batch in (1, 3):
+            cfg.TEST.IMS_PER_BATCH = batch
+            loader = build_detection_test_loader(cfg, "batch_eval_set")
+            assert len(loader) == -(-4 // batch)
+            got = {}
+            with torch.inference_mode():
+                for inputs in loader:
+                    assert len(inputs) == min(batch, 4 - len(got))
+                    for x, y in zip(inputs, model(inputs)):
+                        got[int(x["image_id"])] = y["instances"]
+            outs[batch] = got
+        assert sorted(outs[1]) == sorted(outs[3]) == [1, 2, 3, 4]
+        for i, one in outs[1].items():
+            three = outs[3][i]
+            assert len(one["boxes"]) > 0 and one["boxes"].shape == three["boxes"].shape
+            torch.testing.assert_close(three["boxes"], one["boxes"], atol=1e-2, rtol=0)
+            torch.testing.assert_close(three["scores"], one["scores"], atol=1e-4, rtol=0)
+            assert torch.equal(three["pred_classes"], one["pred_classes"])
+    finally:
+        unregister("batch_eval_set")
