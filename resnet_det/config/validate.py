@@ -33,6 +33,7 @@ _CHOICES = {
     "SOLVER.ON_NONFINITE": ("stop", "skip"),
     "SOLVER.AMP.DTYPE": ("bfloat16", "float16"),
     "TEST.CLS_PROTOCOL": ("center", "10crop", "multiscale"),
+    "TEST.COCO_EVAL_IMPL": ("auto", "pycocotools", "faster_coco_eval"),
 }
 _STAGES = ("stem", "res2", "res3", "res4", "res5")
 
@@ -65,6 +66,8 @@ def validate_cfg(cfg) -> None:
         _fail("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, "at least 1")
     if cfg.SOLVER.IMS_PER_BATCH < 1:
         _fail("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, "at least 1")
+    if cfg.TEST.IMS_PER_BATCH < 1:
+        _fail("TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH, "at least 1")
     if cfg.SOLVER.BASE_LR <= 0:
         _fail("SOLVER.BASE_LR", cfg.SOLVER.BASE_LR, "a positive learning rate")
     if list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
