@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DrawStyle", "default_style", "label_rect", "label_layout", "draw_instances", "draw_dataset_dict",
-    "side_by_side", "image_grid", "list_images", "read_image", "visualize_images",
+    "side_by_side", "image_grid", "list_images", "read_image", "unique_output_path", "visualize_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -338,7 +338,7 @@ def _instances_numpy(output):
             _as_numpy(get("pred_classes"), "pred_classes", np.int64))
 
 
-def _output_path(output_dir: str, src: str, used: set) -> str:
+def unique_output_path(output_dir: str, src: str, used: set) -> str:
     stem, ext = os.path.splitext(os.path.basename(src))
     ext = ext.lower() if ext.lower() in (".jpg", ".jpeg", ".png") else ".png"
     name, n = stem + ext, 1
@@ -389,7 +389,7 @@ def visualize_images(predictor, inputs: Iterable, output_dir: str, class_names: 
                              gt_boxes=gt_boxes, gt_classes=gt_classes)
         if side_by_side_gt:
             vis = side_by_side(vis, draw_dataset_dict(img, item, class_names))
-        out = _output_path(output_dir, path, used)
+        out = unique_output_path(output_dir, path, used)
         if not cv2.imwrite(out, vis):
             raise OSError(f"could not write {out!r} (is the output folder writable?)")
         written.append(out)
