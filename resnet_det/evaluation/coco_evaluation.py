@@ -25,12 +25,12 @@ from .evaluator import DatasetEvaluator, format_table, unique_images
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCOEvaluator", "instances_to_coco_results"]
+__all__ = ["COCOEvaluator", "instances_to_coco_results", "quiet_pycocotools"]
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
 
 
-def _quiet(fn, *args):
+def quiet_pycocotools(fn, *args):
     """Call a pycocotools function with its progress prints captured; returns (result, printed text)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -96,7 +96,7 @@ class COCOEvaluator(DatasetEvaluator):
                 logger.info("wrote the ground truth in COCO format to %s", path)
             self._coco = COCO()
             self._coco.dataset = gt_dict
-            _quiet(self._coco.createIndex)
+            quiet_pycocotools(self._coco.createIndex)
             # Whichever converter wrote the json, map its category ids back through the class names.
             thing_dataset_id_to_contiguous_id = {c["id"]: thing_classes.index(c["name"])
                                                  for c in gt_dict["categories"]}
@@ -106,7 +106,7 @@ class COCOEvaluator(DatasetEvaluator):
             path = os.fspath(ground_truth)
             if not os.path.isfile(path):
                 raise MissingFileError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
-            self._coco, _ = _quiet(COCO, path)
+            self._coco, _ = quiet_pycocotools(COCO, path)
 
         cats = sorted(self._coco.loadCats(self._coco.getCatIds()), key=lambda c: c["id"])
         if thing_dataset_id_to_contiguous_id is None:
@@ -184,7 +184,7 @@ class COCOEvaluator(DatasetEvaluator):
     def _evaluate_bbox(self, results: list[dict], img_ids: list[int]) -> dict:
         if results:
             # loadRes adds keys to the records it is given; keep ours (and the json) as written.
-            coco_dt, _ = _quiet(self._coco.loadRes, copy.deepcopy(results))
+            coco_dt, _ = quiet_pycocotools(self._coco.loadRes, copy.deepcopy(results))
         else:
             logger.warning("COCOEvaluator: no detections at all; every AP is 0 (NaN where there is no "
                            "ground truth). Is MODEL.ROI_HEADS.SCORE_THRESH_TEST too high?")
@@ -192,12 +192,12 @@ class COCOEvaluator(DatasetEvaluator):
             coco_dt = COCO()
             coco_dt.dataset = {"images": list(self._coco.dataset["images"]), "annotations": [],
                                "categories": copy.deepcopy(self._coco.dataset["categories"])}
-            _quiet(coco_dt.createIndex)
+            quiet_pycocotools(coco_dt.createIndex)
         coco_eval = COCOeval(self._coco, coco_dt, "bbox")
         coco_eval.params.imgIds = img_ids
-        _quiet(coco_eval.evaluate)
-        _quiet(coco_eval.accumulate)
-        _, summary = _quiet(coco_eval.summarize)
+        quiet_pycocotools(coco_eval.evaluate)
+        quiet_pycocotools(coco_eval.accumulate)
+        _, summary = quiet_pycocotools(coco_eval.summarize)
         logger.info("COCOeval summary:\n%s", summary.rstrip())
 
         # pycocotools writes -1 for "no ground truth in this area range": NaN, so it cannot pass for 0.

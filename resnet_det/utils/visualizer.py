@@ -21,7 +21,7 @@ from .errors import DataError, MissingFileError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DrawStyle", "default_style", "label_rect", "label_layout", "draw_instances", "draw_dataset_dict",
+    "DrawStyle", "default_style", "draw_boxes", "label_rect", "label_layout", "draw_instances", "draw_dataset_dict",
     "side_by_side", "image_grid", "list_images", "read_image", "unique_output_path", "visualize_images",
 ]
 
@@ -180,6 +180,19 @@ def _draw_boxes(img, boxes, colors, labels, style: DrawStyle, dashed: bool = Fal
         cv2.putText(img, text, (lx0 + style.pad, ly0 + style.pad + th), _FONT, scale,
                     text_color_for(color), style.font_thickness, cv2.LINE_AA)
     return img
+
+
+def draw_boxes(image_bgr: np.ndarray, boxes, colors: Sequence, labels: Sequence | None = None,
+               dashed: bool = False) -> np.ndarray:
+    """Boxes (XYXY, (N, 4)) in the given BGR ``colors`` with optional ``labels`` (None: no label), on a
+    copy of the image, sized like every other drawing here; ``dashed`` for boxes that mark something
+    absent (ground truth, misses)."""
+    img = _check_image(image_bgr)
+    boxes = _as_numpy(boxes, "boxes", np.float64).reshape(-1, 4)
+    labels = list(labels) if labels is not None else [None] * len(boxes)
+    if len(colors) != len(boxes) or len(labels) != len(boxes):
+        raise ValueError(f"draw_boxes: {len(boxes)} boxes, {len(colors)} colors, {len(labels)} labels")
+    return _draw_boxes(img, boxes, list(colors), labels, default_style(*img.shape[:2]), dashed=dashed)
 
 
 def draw_instances(image_bgr: np.ndarray, boxes, scores, classes, class_names: Sequence[str] | None,
