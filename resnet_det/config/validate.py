@@ -69,6 +69,11 @@ def validate_cfg(cfg) -> None:
         _fail("INPUT.RANDOM_FLIP_PROB", cfg.INPUT.RANDOM_FLIP_PROB, "a probability in [0, 1]")
     if min(cfg.INPUT.MIN_SIZE_TRAIN) <= 0 or cfg.INPUT.MIN_SIZE_TEST <= 0:
         _fail("INPUT.MIN_SIZE_TRAIN/TEST", (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TEST), "positive sizes")
+    aug = cfg.TEST.AUG
+    if not aug.MIN_SIZES or min(aug.MIN_SIZES) <= 0:
+        _fail("TEST.AUG.MIN_SIZES", aug.MIN_SIZES, "one or more positive shorter-side sizes, e.g. (400, 600, 800)")
+    if aug.MAX_SIZE < max(aug.MIN_SIZES):
+        _fail("TEST.AUG.MAX_SIZE", aug.MAX_SIZE, f"at least the largest TEST.AUG.MIN_SIZES ({max(aug.MIN_SIZES)})")
     lo, hi = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0 <= lo <= hi <= 1:
         _fail("MODEL.RPN.IOU_THRESHOLDS", cfg.MODEL.RPN.IOU_THRESHOLDS, "[low, high] with 0 <= low <= high <= 1")

@@ -57,7 +57,7 @@ class DefaultPredictor(ModelPredictor):
     """
 
     def __init__(self, cfg):
-        from ..modeling.detector import build_model
+        from ..modeling.detector import build_model, maybe_wrap_tta
 
         self.cfg = cfg.clone()
         if cfg.MODEL.WEIGHTS:  # build for the input convention the weights were trained with
@@ -67,6 +67,7 @@ class DefaultPredictor(ModelPredictor):
         model = build_model(self.cfg).to(resolve_device(cfg)).eval()
         if cfg.MODEL.WEIGHTS:
             load_model_weights(model, cfg.MODEL.WEIGHTS)
+        model = maybe_wrap_tta(self.cfg, model)  # TEST.AUG.ENABLED: every size and the flip, merged
         super().__init__(model, self.cfg.INPUT.FORMAT, self._class_names(cfg))
 
     @staticmethod
