@@ -322,6 +322,15 @@ _C.TEST.COCO_EVAL_IMPL = "auto"
 # across processes, each image evaluated once). 1 measured as fast as 2 and 4 on 2 CPU cores
 # (benchmarks/RESULTS.md, "Batched inference"); larger batches pad images to a common size.
 _C.TEST.IMS_PER_BATCH = 1
+# Detection test-time augmentation (detectron2's keys; --eval-only and DefaultPredictor): the image is
+# run at every shorter side of MIN_SIZES (longer side capped at MAX_SIZE) and, with FLIP, mirrored too;
+# all boxes are merged per class with torchvision.ops.batched_nms at MODEL.ROI_HEADS.NMS_THRESH_TEST
+# (modeling/detector/tta.py). Cost: len(MIN_SIZES) x (2 with FLIP) forward passes per image.
+_C.TEST.AUG = CN()
+_C.TEST.AUG.ENABLED = False
+_C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+_C.TEST.AUG.MAX_SIZE = 4000
+_C.TEST.AUG.FLIP = True
 
 # Visualization: images drawn at the end of training (0 = none) and the score threshold.
 _C.VIS = CN()

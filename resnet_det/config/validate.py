@@ -86,6 +86,11 @@ def validate_cfg(cfg) -> None:
                 "MODEL.RPN.BBOX_REG_LOSS_WEIGHT", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT"):
         if _get(cfg, key) < 0:
             _fail(key, _get(cfg, key), "a value >= 0")
+    aug = cfg.TEST.AUG
+    if not aug.MIN_SIZES or min(aug.MIN_SIZES) <= 0:
+        _fail("TEST.AUG.MIN_SIZES", aug.MIN_SIZES, "one or more positive shorter-side sizes, e.g. (400, 600, 800)")
+    if aug.MAX_SIZE < max(aug.MIN_SIZES):
+        _fail("TEST.AUG.MAX_SIZE", aug.MAX_SIZE, f"at least the largest TEST.AUG.MIN_SIZES ({max(aug.MIN_SIZES)})")
     lo, hi = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0 <= lo <= hi <= 1:
         _fail("MODEL.RPN.IOU_THRESHOLDS", cfg.MODEL.RPN.IOU_THRESHOLDS, "[low, high] with 0 <= low <= high <= 1")

@@ -22,6 +22,10 @@ def run_detection(cfg, args, trainer_cls) -> dict:
 
         model.to(resolve_device(cfg))
         load_model_weights(model, cfg.MODEL.WEIGHTS, use_ema=True)  # a checkpoint's EMA, if it has one
+        if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
+            from ..modeling.detector import maybe_wrap_tta
+
+            model = maybe_wrap_tta(cfg, model)  # TEST.AUG.ENABLED: sizes x flip, merged per class
         results = trainer_cls.test(cfg, model)
         record_eval_only(cfg, results)
         return results

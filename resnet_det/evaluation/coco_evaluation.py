@@ -31,12 +31,12 @@ from .evaluator import DatasetEvaluator, format_table, unique_images
 logger = logging.getLogger(__name__)
 
 __all__ = ["COCOEvaluator", "instances_to_coco_results", "run_coco_eval", "resolve_coco_eval_impl",
-           "COCO_EVAL_IMPLS"]
+           "COCO_EVAL_IMPLS", "quiet_pycocotools"]
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
 
 
-def _quiet(fn, *args):
+def quiet_pycocotools(fn, *args):
     """Call a pycocotools function with its progress prints captured; returns (result, printed text)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -74,7 +74,7 @@ def _empty_results(coco_gt, coco_cls):
     coco_dt = coco_cls()
     coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
                        "categories": copy.deepcopy(coco_gt.dataset["categories"])}
-    _quiet(coco_dt.createIndex)
+    quiet_pycocotools(coco_dt.createIndex)
     return coco_dt
 
 
@@ -93,18 +93,18 @@ def run_coco_eval(coco_gt: COCO, results: list[dict], img_ids: list[int] | None 
 
         gt = FastCOCO()
         gt.dataset = coco_gt.dataset
-        _quiet(gt.createIndex)
+        quiet_pycocotools(gt.createIndex)
         coco_cls, make_eval = FastCOCO, lambda g, d: COCOeval_faster(g, d, iou_type, print_function=print)
     else:
         gt, coco_cls, make_eval = coco_gt, COCO, lambda g, d: COCOeval(g, d, iou_type)
     # loadRes adds keys to the records it is given; keep the caller's (and the json) as written.
-    coco_dt = _quiet(gt.loadRes, copy.deepcopy(results))[0] if results else _empty_results(gt, coco_cls)
+    coco_dt = quiet_pycocotools(gt.loadRes, copy.deepcopy(results))[0] if results else _empty_results(gt, coco_cls)
     coco_eval = make_eval(gt, coco_dt)
     if img_ids is not None:
         coco_eval.params.imgIds = list(img_ids)
-    _quiet(coco_eval.evaluate)
-    _quiet(coco_eval.accumulate)
-    _, summary = _quiet(coco_eval.summarize)
+    quiet_pycocotools(coco_eval.evaluate)
+    quiet_pycocotools(coco_eval.accumulate)
+    _, summary = quiet_pycocotools(coco_eval.summarize)
     coco_eval.stats = np.asarray(coco_eval.stats[:12], dtype=np.float64)  # faster-coco-eval may add extras
     return coco_eval, summary
 
@@ -171,7 +171,7 @@ class COCOEvaluator(DatasetEvaluator):
                 logger.info("wrote the ground truth in COCO format to %s", path)
             self._coco = COCO()
             self._coco.dataset = gt_dict
-            _quiet(self._coco.createIndex)
+            quiet_pycocotools(self._coco.createIndex)
             # Whichever converter wrote the json, map its category ids back through the class names.
             thing_dataset_id_to_contiguous_id = {c["id"]: thing_classes.index(c["name"])
                                                  for c in gt_dict["categories"]}
@@ -181,7 +181,7 @@ class COCOEvaluator(DatasetEvaluator):
             path = os.fspath(ground_truth)
             if not os.path.isfile(path):
                 raise MissingFileError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
-            self._coco, _ = _quiet(COCO, path)
+            self._coco, _ = quiet_pycocotools(COCO, path)
 
         cats = sorted(self._coco.loadCats(self._coco.getCatIds()), key=lambda c: c["id"])
         if thing_dataset_id_to_contiguous_id is None:
