@@ -93,6 +93,17 @@ def inputs_to_device(batched_inputs: list[dict], device: torch.device, with_targ
     return images, targets
 
 
+def output_size(batched_input: dict, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) the detections of one input dict are returned in: its "height" / "width" where
+    given (detectron2's input contract: the original image's size when the image was resized before the
+    model), else the size of its image."""
+    h, w = batched_input.get("height", image_size[0]), batched_input.get("width", image_size[1])
+    h, w = int(h), int(w)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"input dict with height={h}, width={w}: the output resolution must be positive")
+    return h, w
+
+
 class FasterRCNN(GeneralizedRCNN):
     """Faster R-CNN whose `forward` takes resnet_det's input dicts (docs/CONTRACTS.md).
 
@@ -122,9 +133,13 @@ class FasterRCNN(GeneralizedRCNN):
         detections, detector_losses = self.roi_heads(roi_in, proposals, images.image_sizes, targets)
         if self.training:
             return {**detector_losses, **proposal_losses}
-        detections = self.transform.postprocess(detections, images.image_sizes, original_sizes)
-        if self.drop_empty:
-            detections = drop_empty_in_original(detections, original_sizes)
+        # detectron2's contract: "height" / "width" are the resolution the outputs are wanted in (its data
+        # mapper resizes before the model). Boxes go from the resized frame straight to it, x and y scaled
+        # separately, then clipped and emptied ones dropped as detector_postprocess does.
+        output_sizes = [output_size(d, s) for d, s in zip(batched_inputs, original_sizes)]
+        detections = self.transform.postprocess(detections, images.image_sizes, output_sizes)
+        if self.drop_empty or output_sizes != original_sizes:
+            detections = drop_empty_in_original(detections, output_sizes)
         return [{"instances": {"boxes": d["boxes"], "scores": d["scores"],
                                "pred_classes": d["labels"] - 1}} for d in detections]
 
