@@ -41,7 +41,16 @@ class ResizeNormalize(GeneralizedRCNNTransform):
         super().__init__(i.MIN_SIZE_TEST, i.MAX_SIZE_TEST, list(cfg.MODEL.PIXEL_MEAN),
                          list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible))
         self.round_size = i.RESIZE_ROUNDING == "round"
+        self.size_range = i.MIN_SIZE_TRAIN_SAMPLING == "range"
         self.train(False)
+
+    def torch_choice(self, k):
+        """The training short side: one of MIN_SIZE_TRAIN (torchvision's torch_choice, detectron2's
+        "choice"), or with MIN_SIZE_TRAIN_SAMPLING "range" any integer in [min, max] (detectron2's
+        np.random.randint(min, max + 1)); drawn from torch's generator either way."""
+        if self.training and self.size_range:
+            return int(torch.randint(int(k[0]), int(k[-1]) + 1, (1,)).item())
+        return super().torch_choice(k)
 
     def resize(self, image: torch.Tensor, target=None):
         if not self.round_size or torch.jit.is_tracing() or (self.training and self._skip_resize):
