@@ -15,9 +15,9 @@ from .conventions import (adopt_weight_conventions, check_resumed_conventions, r
                           run_conventions, weights_meta)
 from .formats import (ACCEPTED_FORMATS, load_backbone_weights, missing_weights_error, read_checkpoint,
                       save_detectron2_pkl, save_msra_pkl, save_resnet_det)
-from .heads import HEAD_TABLE, anchor_order, convert_heads
-from .key_map import (BN_EPS, CONVENTIONS, TABLE, ConversionReport, block_structure, convert_state_dict,
-                      format_key, parse_key)
+from .heads import HEAD_TABLE, anchor_order, box_regression_is_agnostic, convert_heads
+from .key_map import (BN_EPS, CONVENTIONS, TABLE, ConversionReport, block_mismatch, block_structure,
+                      convert_state_dict, format_key, parse_key)
 from .layouts import (LAYOUTS, convert_detector, detect_convention, detect_layout, head_framework,
                       join_detector, split_detector)
 from .load import load_model_weights, read_weights
@@ -25,9 +25,9 @@ from .meta import META_KEYS, check_meta, default_meta, meta_mismatches
 
 __all__ = [
     # key_map: the one name table; heads: the parts around the ResNet; layouts: whole detectors
-    "BN_EPS", "CONVENTIONS", "TABLE", "ConversionReport", "block_structure", "convert_state_dict",
-    "format_key", "parse_key",
-    "HEAD_TABLE", "anchor_order", "convert_heads",
+    "BN_EPS", "CONVENTIONS", "TABLE", "ConversionReport", "block_mismatch", "block_structure",
+    "convert_state_dict", "format_key", "parse_key",
+    "HEAD_TABLE", "anchor_order", "box_regression_is_agnostic", "convert_heads",
     "LAYOUTS", "convert_detector", "detect_convention", "detect_layout", "head_framework", "join_detector",
     "split_detector",
     # meta: the record; formats: files

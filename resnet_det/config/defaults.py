@@ -54,7 +54,8 @@ _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0
 # Grouped convolutions (ResNeXt); 1 and 64 give the paper's ResNet.
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
-# Dilation of res5 (1 or 2); with 2, res5 keeps stride 16.
+# Dilation of res5 (1 or 2); with 2, res5 keeps stride 16. Backbones that run res5 only (FPN): the C4
+# res5 box head (Res5ROIHead) is refused with 2, as detectron2 ignores the key there.
 _C.MODEL.RESNETS.RES5_DILATION = 1
 # Table 3 shortcut option: "A" zero-pad identity, "B" projection where shape changes, "C" always.
 _C.MODEL.RESNETS.SHORTCUT = "B"
@@ -98,7 +99,8 @@ _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
 _C.MODEL.RPN.POSITIVE_FRACTION = 0.5
 # Proposals with a smaller side (pixels, in the resized image) are dropped.
 _C.MODEL.RPN.MIN_SIZE = 1e-3
-# Proposal objectness score threshold (torchvision's rpn_score_thresh; "torchvision" POSTPROCESS only).
+# Proposal objectness score threshold (torchvision's rpn_score_thresh; "torchvision" POSTPROCESS only:
+# a value other than 0 is refused under "detectron2", which has no such threshold).
 _C.MODEL.RPN.SCORE_THRESH = 0.0
 # Proposal selection after the per-level top-k. "torchvision": drop sides < MIN_SIZE, NMS on sigmoid
 # scores. "detectron2": drop non-finite boxes and sides <= MIN_SIZE (0: empty boxes only), NMS on logits.
@@ -192,6 +194,9 @@ _C.MODEL.CLASSIFIER.CIFAR_DEPTH = 20
 _C.INPUT = CN()
 # Shorter side at training: one is picked at random per image (multi-scale when several).
 _C.INPUT.MIN_SIZE_TRAIN = (600,)
+# How the training short side is drawn (detectron2's key): "choice" one of MIN_SIZE_TRAIN, "range" any
+# integer in [MIN_SIZE_TRAIN[0], MIN_SIZE_TRAIN[1]] (two values), each equally likely.
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
 _C.INPUT.MAX_SIZE_TRAIN = 1000
 _C.INPUT.MIN_SIZE_TEST = 600
 _C.INPUT.MAX_SIZE_TEST = 1000

@@ -22,6 +22,7 @@ _CHOICES = {
     "MODEL.RPN.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou", "diou", "ciou"),
     "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou", "diou", "ciou"),
     "INPUT.RESIZE_ROUNDING": ("floor", "round"),
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),
     "MODEL.CLASSIFIER.STYLE": ("imagenet", "cifar"),
     "INPUT.FORMAT": ("BGR", "RGB"),
     "INPUT.MEAN_MODE": ("per_channel", "per_pixel"),
@@ -91,6 +92,26 @@ def validate_cfg(cfg) -> None:
         _fail("TEST.AUG.MIN_SIZES", aug.MIN_SIZES, "one or more positive shorter-side sizes, e.g. (400, 600, 800)")
     if aug.MAX_SIZE < max(aug.MIN_SIZES):
         _fail("TEST.AUG.MAX_SIZE", aug.MAX_SIZE, f"at least the largest TEST.AUG.MIN_SIZES ({max(aug.MIN_SIZES)})")
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and (
+            len(cfg.INPUT.MIN_SIZE_TRAIN) != 2 or cfg.INPUT.MIN_SIZE_TRAIN[0] > cfg.INPUT.MIN_SIZE_TRAIN[1]):
+        _fail("INPUT.MIN_SIZE_TRAIN", tuple(cfg.INPUT.MIN_SIZE_TRAIN),
+              "two sizes (min, max) with INPUT.MIN_SIZE_TRAIN_SAMPLING range, e.g. (640, 800)")
     lo, hi = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0 <= lo <= hi <= 1:
         _fail("MODEL.RPN.IOU_THRESHOLDS", cfg.MODEL.RPN.IOU_THRESHOLDS, "[low, high] with 0 <= low <= high <= 1")
+
+    _check_mode_keys(cfg)
+
+
+def _check_mode_keys(cfg) -> None:
+    """Keys that cannot act in the mode the config selects are refused there, not silently ignored."""
+    if cfg.MODEL.RPN.POSTPROCESS == "detectron2" and cfg.MODEL.RPN.SCORE_THRESH != 0:
+        raise ConfigError(f"MODEL.RPN.SCORE_THRESH={cfg.MODEL.RPN.SCORE_THRESH!r} has no effect under "
+                          "MODEL.RPN.POSTPROCESS detectron2 (detectron2 selects proposals by top-k and NMS only); "
+                          "set MODEL.RPN.SCORE_THRESH 0.0, or MODEL.RPN.POSTPROCESS torchvision for torchvision's "
+                          "proposal score threshold")
+    if cfg.MODEL.ROI_BOX_HEAD.NAME == "Res5ROIHead" and cfg.MODEL.RESNETS.RES5_DILATION != 1:
+        raise ConfigError(f"MODEL.RESNETS.RES5_DILATION={cfg.MODEL.RESNETS.RES5_DILATION!r} with MODEL.ROI_BOX_HEAD.NAME "
+                          "Res5ROIHead (C4): res5 is the per-region box head there, which detectron2 builds "
+                          "without dilation (it ignores the key for that head); set MODEL.RESNETS.RES5_DILATION 1, "
+                          "or use dilation with a backbone that runs res5 (FPN)")

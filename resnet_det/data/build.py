@@ -58,7 +58,8 @@ def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
 
 
 def _aspect_key(d: dict) -> int:
-    return int(d["width"] >= d["height"])  # 1: landscape (or square), 0: portrait
+    # detectron2's AspectRatioGroupedDataset: bucket 0 if w > h else 1, so squares go with portraits.
+    return 0 if d["width"] > d["height"] else 1
 
 
 class _Batcher:
