@@ -41,6 +41,8 @@ class Problem:
     detail: str
 
     def line(self) -> str:
+        if self.image_id is None and self.kind == LOADER:
+            return self.detail  # the loader's own message names its file
         return f"image id {self.image_id!r} ({self.file_name or 'no file name'}): {self.detail}"
 
 
