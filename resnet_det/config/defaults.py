@@ -205,8 +205,41 @@ _C.INPUT.MAX_SIZE_TEST = 1000
 _C.INPUT.RESIZE_ROUNDING = "floor"
 # Channel order the model sees: "BGR" (detectron2, MSRA weights) or "RGB" (torchvision weights).
 _C.INPUT.FORMAT = "BGR"
-# Probability of a horizontal flip at training.
+# Probability of a horizontal flip at training (the RandomFlip augmentation).
 _C.INPUT.RANDOM_FLIP_PROB = 0.5
+# Detection training augmentations, applied in this order (resnet_det/data/augment.py, torchvision
+# transforms.v2, boxes follow the pixels): "RandomFlip" (RANDOM_FLIP_PROB), "RandomCrop" (INPUT.CROP),
+# "LargeScaleJitter" (INPUT.LSJ), "RandomIoUCrop" (SSD's crop, INPUT.IOU_CROP), "PhotometricDistort"
+# (INPUT.PHOTOMETRIC). Each name at most once; e.g. ("RandomCrop", "RandomFlip", "PhotometricDistort").
+_C.INPUT.AUGMENTATIONS = ("RandomFlip",)
+# detectron2's random crop, before the model's resize. ENABLED True also turns it on when AUGMENTATIONS
+# does not list "RandomCrop" (then it runs first, as in detectron2). TYPE: "relative" (SIZE = fractions
+# (h, w) of the image), "relative_range" (fractions drawn in [SIZE, 1]), "absolute" (SIZE = pixels (h, w),
+# at most the image), "absolute_range" (each side drawn in [SIZE[0], SIZE[1]] pixels, at most the image).
+_C.INPUT.CROP = CN()
+_C.INPUT.CROP.ENABLED = False
+_C.INPUT.CROP.TYPE = "relative_range"
+_C.INPUT.CROP.SIZE = (0.9, 0.9)
+# Large-scale jitter (Ghiasi et al. 2021; detectron2's new baselines): resize so the image fits
+# IMAGE_SIZE x IMAGE_SIZE times a factor drawn in SCALE_RANGE, then crop / pad (value 128) to exactly
+# IMAGE_SIZE x IMAGE_SIZE. With it on, the model does not resize training images (MIN/MAX_SIZE_TRAIN
+# unused); test images are resized by MIN/MAX_SIZE_TEST as always.
+_C.INPUT.LSJ = CN()
+_C.INPUT.LSJ.IMAGE_SIZE = 1024
+_C.INPUT.LSJ.SCALE_RANGE = (0.1, 2.0)
+# SSD's random IoU crop (torchvision's RandomIoUCrop): crop sides >= MIN_SCALE of the image, a crop
+# kept when some box has IoU >= one of SAMPLER_OPTIONS (drawn per image; >= 1 = no crop).
+_C.INPUT.IOU_CROP = CN()
+_C.INPUT.IOU_CROP.MIN_SCALE = 0.3
+_C.INPUT.IOU_CROP.SAMPLER_OPTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+# Photometric distortion (torchvision's RandomPhotometricDistort, SSD): factor ranges (low, high) for
+# brightness, contrast, saturation and a hue shift in [-0.5, 0.5]; each applied with probability PROB.
+_C.INPUT.PHOTOMETRIC = CN()
+_C.INPUT.PHOTOMETRIC.BRIGHTNESS = (0.875, 1.125)
+_C.INPUT.PHOTOMETRIC.CONTRAST = (0.5, 1.5)
+_C.INPUT.PHOTOMETRIC.SATURATION = (0.5, 1.5)
+_C.INPUT.PHOTOMETRIC.HUE = (-0.05, 0.05)
+_C.INPUT.PHOTOMETRIC.PROB = 0.5
 # Classification crops: training crop size and the shorter-side range of scale augmentation
 # (Sec. 3.4: [256, 480] and 224), the test resize before the center crop.
 _C.INPUT.CROP_SIZE = 224

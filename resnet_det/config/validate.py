@@ -37,6 +37,9 @@ _CHOICES = {
     "TEST.COCO_EVAL_IMPL": ("auto", "pycocotools", "faster_coco_eval"),
 }
 _STAGES = ("stem", "res2", "res3", "res4", "res5")
+# INPUT.AUGMENTATIONS names; each is built in data/augment.py.
+AUGMENTATIONS = ("RandomFlip", "RandomCrop", "LargeScaleJitter", "RandomIoUCrop", "PhotometricDistort")
+CROP_TYPES = ("relative", "relative_range", "absolute", "absolute_range")  # detectron2's INPUT.CROP.TYPE
 
 
 def _get(cfg, key: str):
@@ -96,6 +99,7 @@ def validate_cfg(cfg) -> None:
             len(cfg.INPUT.MIN_SIZE_TRAIN) != 2 or cfg.INPUT.MIN_SIZE_TRAIN[0] > cfg.INPUT.MIN_SIZE_TRAIN[1]):
         _fail("INPUT.MIN_SIZE_TRAIN", tuple(cfg.INPUT.MIN_SIZE_TRAIN),
               "two sizes (min, max) with INPUT.MIN_SIZE_TRAIN_SAMPLING range, e.g. (640, 800)")
+    check_augmentations(cfg)
     lo, hi = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0 <= lo <= hi <= 1:
         _fail("MODEL.RPN.IOU_THRESHOLDS", cfg.MODEL.RPN.IOU_THRESHOLDS, "[low, high] with 0 <= low <= high <= 1")
@@ -115,3 +119,53 @@ def _check_mode_keys(cfg) -> None:
                           "Res5ROIHead (C4): res5 is the per-region box head there, which detectron2 builds "
                           "without dilation (it ignores the key for that head); set MODEL.RESNETS.RES5_DILATION 1, "
                           "or use dilation with a backbone that runs res5 (FPN)")
+
+
+def check_augmentations(cfg) -> None:
+    """ConfigError naming the first INPUT.AUGMENTATIONS / CROP / LSJ / IOU_CROP / PHOTOMETRIC value that cannot work."""
+    i = cfg.INPUT
+    names = list(i.AUGMENTATIONS)
+    for n in names:
+        if n not in AUGMENTATIONS:
+            raise ConfigError(f"INPUT.AUGMENTATIONS contains {n!r}: expected names from {', '.join(AUGMENTATIONS)}, "
+                              "e.g. INPUT.AUGMENTATIONS \"('RandomFlip', 'PhotometricDistort')\"")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"INPUT.AUGMENTATIONS={tuple(names)}: a name is listed twice; list each at most once")
+    if "LargeScaleJitter" in names:
+        late = [n for n in names[names.index("LargeScaleJitter"):] if n in ("RandomCrop", "RandomIoUCrop")]
+        if late or (i.CROP.ENABLED and "RandomCrop" not in names):
+            late = late or ["RandomCrop (INPUT.CROP.ENABLED)"]
+            raise ConfigError(f"INPUT.AUGMENTATIONS={tuple(names)}: {', '.join(late)} after LargeScaleJitter would "
+                              "undo its fixed image size (the model does not resize LSJ images); list crops "
+                              "before LargeScaleJitter")
+    c = i.CROP
+    if c.TYPE not in CROP_TYPES:
+        raise ConfigError(f"INPUT.CROP.TYPE={c.TYPE!r}: expected one of {', '.join(CROP_TYPES)}")
+    size = tuple(c.SIZE)
+    if len(size) != 2:
+        raise ConfigError(f"INPUT.CROP.SIZE={size}: expected two numbers (height, width) or (min, max)")
+    if c.TYPE.startswith("relative") and not all(0 < s <= 1 for s in size):
+        raise ConfigError(f"INPUT.CROP.SIZE={size}: INPUT.CROP.TYPE {c.TYPE} takes fractions of the image in (0, 1]")
+    if c.TYPE.startswith("absolute") and not all(s >= 1 and float(s).is_integer() for s in size):
+        raise ConfigError(f"INPUT.CROP.SIZE={size}: INPUT.CROP.TYPE {c.TYPE} takes whole pixel sizes >= 1")
+    if c.TYPE == "absolute_range" and size[0] > size[1]:
+        raise ConfigError(f"INPUT.CROP.SIZE={size}: absolute_range takes (min, max) with min <= max")
+    lo, hi = i.LSJ.SCALE_RANGE
+    if not 0 < lo <= hi:
+        raise ConfigError(f"INPUT.LSJ.SCALE_RANGE={tuple(i.LSJ.SCALE_RANGE)}: expected (low, high) with 0 < low <= high")
+    if i.LSJ.IMAGE_SIZE < 1:
+        raise ConfigError(f"INPUT.LSJ.IMAGE_SIZE={i.LSJ.IMAGE_SIZE}: expected a positive size in pixels")
+    if not 0 < i.IOU_CROP.MIN_SCALE <= 1:
+        raise ConfigError(f"INPUT.IOU_CROP.MIN_SCALE={i.IOU_CROP.MIN_SCALE}: expected a fraction in (0, 1]")
+    if not i.IOU_CROP.SAMPLER_OPTIONS or not all(0 <= o for o in i.IOU_CROP.SAMPLER_OPTIONS):
+        raise ConfigError(f"INPUT.IOU_CROP.SAMPLER_OPTIONS={tuple(i.IOU_CROP.SAMPLER_OPTIONS)}: expected minimum "
+                          "IoUs >= 0 (a value >= 1 means 'leave the image as it is'), at least one")
+    p = i.PHOTOMETRIC
+    for key in ("BRIGHTNESS", "CONTRAST", "SATURATION"):
+        r = tuple(p[key])
+        if len(r) != 2 or not 0 <= r[0] <= r[1]:
+            raise ConfigError(f"INPUT.PHOTOMETRIC.{key}={r}: expected a factor range (low, high) with 0 <= low <= high")
+    if len(p.HUE) != 2 or not -0.5 <= p.HUE[0] <= p.HUE[1] <= 0.5:
+        raise ConfigError(f"INPUT.PHOTOMETRIC.HUE={tuple(p.HUE)}: expected (low, high) with -0.5 <= low <= high <= 0.5")
+    if not 0 <= p.PROB <= 1:
+        raise ConfigError(f"INPUT.PHOTOMETRIC.PROB={p.PROB}: expected a probability in [0, 1]")

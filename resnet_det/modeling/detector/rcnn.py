@@ -38,8 +38,10 @@ class ResizeNormalize(GeneralizedRCNNTransform):
         i = cfg.INPUT
         self._sizes = {True: (tuple(i.MIN_SIZE_TRAIN), i.MAX_SIZE_TRAIN),
                        False: ((i.MIN_SIZE_TEST,), i.MAX_SIZE_TEST)}
+        # Large-scale jitter hands over fixed-size training images (data/augment.py): no second resize.
         super().__init__(i.MIN_SIZE_TEST, i.MAX_SIZE_TEST, list(cfg.MODEL.PIXEL_MEAN),
-                         list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible))
+                         list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible),
+                         _skip_resize="LargeScaleJitter" in i.AUGMENTATIONS)
         self.round_size = i.RESIZE_ROUNDING == "round"
         self.size_range = i.MIN_SIZE_TRAIN_SAMPLING == "range"
         self.train(False)
