@@ -13,7 +13,7 @@ record, loading into models (the policy), training checkpoints and what `--resum
 from .checkpointer import Checkpointer, unwrap_model
 from .conventions import (adopt_weight_conventions, check_resumed_conventions, restore_run_conventions,
                           run_conventions, weights_meta)
-from .formats import (ACCEPTED_FORMATS, load_backbone_weights, missing_weights_error, read_checkpoint,
+from .formats import (ACCEPTED_FORMATS, INT8_FORMAT, load_backbone_weights, missing_weights_error, read_checkpoint,
                       save_detectron2_pkl, save_msra_pkl, save_resnet_det)
 from .heads import HEAD_TABLE, anchor_order, box_regression_is_agnostic, convert_heads
 from .key_map import (BN_EPS, CONVENTIONS, TABLE, ConversionReport, block_mismatch, block_structure,
@@ -32,7 +32,7 @@ __all__ = [
     "split_detector",
     # meta: the record; formats: files
     "META_KEYS", "check_meta", "default_meta", "meta_mismatches",
-    "ACCEPTED_FORMATS", "load_backbone_weights", "missing_weights_error", "read_checkpoint",
+    "ACCEPTED_FORMATS", "INT8_FORMAT", "load_backbone_weights", "missing_weights_error", "read_checkpoint",
     "save_detectron2_pkl", "save_msra_pkl", "save_resnet_det",
     # load: MODEL.WEIGHTS into models
     "load_model_weights", "read_weights",

@@ -30,12 +30,12 @@ _NET = "net."
 _RESNET_HOMES = ((_C4.body_prefix, ""), (_C4.res5_prefix, "layer4."), (_NET, ""))
 
 
-def read_weights(path: str, ema: bool = False) -> tuple[dict, dict]:
+def read_weights(path: str, *, ema: bool = False, int8_meta_only: bool = False) -> tuple[dict, dict]:
     """(state_dict of tensors, meta or {}) of MODEL.WEIGHTS; a one-paragraph error when unset or missing.
-    ``ema``: a checkpoint's EMA weights where it holds them (formats.read_checkpoint)."""
+    ``ema``: a checkpoint's EMA weights where it holds them; ``int8_meta_only``: see read_checkpoint."""
     if not path:
         raise ConfigError("MODEL.WEIGHTS is empty: give a weights file (MODEL.WEIGHTS path/to/weights.pth)")
-    sd, meta = read_checkpoint(path, ema=ema)
+    sd, meta = read_checkpoint(path, ema=ema, int8_meta_only=int8_meta_only)
     return sd, meta or {}
 
 

@@ -369,6 +369,15 @@ _C.TEST.AUG.ENABLED = False
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
+# Inference precision of the detector (predictor, --eval-only, tools/visualize.py; modeling/precision.py):
+# "fp32"; "bf16" (backbone, RPN head, box head in bf16 on CPUs with AVX512_BF16/AMX, else fp32 with one
+# log line; autocast on CUDA); "int8" (CPU: post-training static quantization of the same parts,
+# calibrated on PRECISION_CALIB_IMAGES images of DATASETS.TRAIN, or MODEL.WEIGHTS a calibrated
+# checkpoint from tools/quantize.py). RoIAlign, NMS, box decoding and the box predictor stay float32.
+# Export needs "fp32".
+_C.TEST.PRECISION = "fp32"
+# INT8 calibration: how many DATASETS.TRAIN images (evenly spaced, test-time mapper) to observe.
+_C.TEST.PRECISION_CALIB_IMAGES = 32
 
 # Visualization: images drawn at the end of training (0 = none) and the score threshold.
 _C.VIS = CN()

@@ -35,6 +35,7 @@ _CHOICES = {
     "SOLVER.AMP.DTYPE": ("bfloat16", "float16"),
     "TEST.CLS_PROTOCOL": ("center", "10crop", "multiscale"),
     "TEST.COCO_EVAL_IMPL": ("auto", "pycocotools", "faster_coco_eval"),
+    "TEST.PRECISION": ("fp32", "bf16", "int8"),
 }
 _STAGES = ("stem", "res2", "res3", "res4", "res5")
 # INPUT.AUGMENTATIONS names; each is built in data/augment.py.
@@ -68,6 +69,10 @@ def validate_cfg(cfg) -> None:
         _fail("MODEL.PIXEL_STD", cfg.MODEL.PIXEL_STD, "positive values")
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:
         _fail("MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES, "at least 1")
+    if cfg.TEST.PRECISION_CALIB_IMAGES < 1:
+        _fail("TEST.PRECISION_CALIB_IMAGES", cfg.TEST.PRECISION_CALIB_IMAGES, "at least 1 calibration image")
+    if cfg.TEST.PRECISION == "int8" and cfg.MODEL.DEVICE.startswith("cuda"):
+        _fail("TEST.PRECISION", "int8", "fp32 or bf16 on a GPU (int8 runs on the CPU: MODEL.DEVICE cpu)")
     if cfg.SOLVER.IMS_PER_BATCH < 1:
         _fail("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH, "at least 1")
     if cfg.TEST.IMS_PER_BATCH < 1:

@@ -6,8 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ..checkpoint import adopt_weight_conventions, load_model_weights
-from .trainer import resolve_device
+from ..checkpoint import adopt_weight_conventions
 
 
 class ModelPredictor:
@@ -57,17 +56,14 @@ class DefaultPredictor(ModelPredictor):
     """
 
     def __init__(self, cfg):
-        from ..modeling.detector import build_model, maybe_wrap_tta
+        from .inference import load_for_inference
 
         self.cfg = cfg.clone()
         if cfg.MODEL.WEIGHTS:  # build for the input convention the weights were trained with
             self.cfg.defrost()
             adopt_weight_conventions(self.cfg, cfg.MODEL.WEIGHTS)
             self.cfg.freeze()
-        model = build_model(self.cfg).to(resolve_device(cfg)).eval()
-        if cfg.MODEL.WEIGHTS:
-            load_model_weights(model, cfg.MODEL.WEIGHTS)
-        model = maybe_wrap_tta(self.cfg, model)  # TEST.AUG.ENABLED: every size and the flip, merged
+        model = load_for_inference(self.cfg)  # in TEST.PRECISION (modeling/precision.py)
         super().__init__(model, self.cfg.INPUT.FORMAT, self._class_names(cfg))
 
     @staticmethod
