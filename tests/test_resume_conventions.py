@@ -198,3 +198,30 @@ def test_the_c4_paper_configs_are_among_the_checked():
     checked = set(_shipped_configs_with_weights())
     assert {"configs/frcnn_r50_c4_coco.yaml", "configs/frcnn_r101_coco.yaml",
             "configs/frcnn_r101_voc0712.yaml"} <= checked
+
+
+@pytest.mark.parametrize("weights_now", ["changed", "gone"])
+def test_resume_restores_the_checkpoints_convention_not_model_weights_now(tv_weights, tmp_path, weights_now):
+    """The record in OUTPUT_DIR decides, not MODEL.WEIGHTS read again at resume time: the other tests
+    resume with the same MODEL.WEIGHTS as the first run, so re-adopting it would pass them too. Here the
+    file at that path now holds another convention's weights (detectron2 names: MSRA's BGR, mean only),
+    or is gone."""
+    from resnet_det.checkpoint import convert_state_dict
+    from resnet_det.engine import Trainer
+
+    weights = tmp_path / "init.pth"
+    shutil.copy(tv_weights, weights)
+    out = tmp_path / "run"
+    first = setup_cfg(_args(DEMO_CONFIG, "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights, resume=False))
+    assert cfg_conventions(first) == torchvision_conventions()  # adopted from the torchvision file
+    _save_checkpoint(out, Trainer.weights_meta(first))
+    if weights_now == "changed":
+        d2, _ = convert_state_dict(torch.load(tv_weights, weights_only=True), "torchvision", "detectron2", log=False)
+        torch.save({"model": d2}, weights)  # detectron2's .pth layout
+        fresh = setup_cfg(_args(DEMO_CONFIG, "OUTPUT_DIR", tmp_path / "other", "MODEL.WEIGHTS", weights,
+                                resume=False))
+        assert cfg_conventions(fresh) != torchvision_conventions()  # the file now implies another convention
+    else:
+        os.remove(weights)
+    resumed = setup_cfg(_args(DEMO_CONFIG, "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights))
+    assert cfg_conventions(resumed) == cfg_conventions(first)

@@ -54,7 +54,8 @@ _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0
 # Grouped convolutions (ResNeXt); 1 and 64 give the paper's ResNet.
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
-# Dilation of res5 (1 or 2); with 2, res5 keeps stride 16.
+# Dilation of res5 (1 or 2); with 2, res5 keeps stride 16. Backbones that run res5 only (FPN): the C4
+# res5 box head (Res5ROIHead) is refused with 2, as detectron2 ignores the key there.
 _C.MODEL.RESNETS.RES5_DILATION = 1
 # Table 3 shortcut option: "A" zero-pad identity, "B" projection where shape changes, "C" always.
 _C.MODEL.RESNETS.SHORTCUT = "B"
@@ -98,11 +99,25 @@ _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
 _C.MODEL.RPN.POSITIVE_FRACTION = 0.5
 # Proposals with a smaller side (pixels, in the resized image) are dropped.
 _C.MODEL.RPN.MIN_SIZE = 1e-3
-# Proposal objectness score threshold (torchvision's rpn_score_thresh; "torchvision" POSTPROCESS only).
+# Proposal objectness score threshold (torchvision's rpn_score_thresh; "torchvision" POSTPROCESS only:
+# a value other than 0 is refused under "detectron2", which has no such threshold).
 _C.MODEL.RPN.SCORE_THRESH = 0.0
 # Proposal selection after the per-level top-k. "torchvision": drop sides < MIN_SIZE, NMS on sigmoid
 # scores. "detectron2": drop non-finite boxes and sides <= MIN_SIZE (0: empty boxes only), NMS on logits.
 _C.MODEL.RPN.POSTPROCESS = "torchvision"
+# Training loss (modeling/detector/detectron2_style.py). Defaults are torchvision's; detectron2's model
+# zoo uses SMOOTH_L1_BETA 0.0 and LOSS_NORMALIZER "batch_size" (configs/detectron2_zoo/).
+# Box regression loss: "smooth_l1" (on the encoded deltas) or "giou" / "diou" / "ciou" (on decoded boxes).
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"
+# Smooth L1's beta (0 = L1 loss); torchvision's is 1/9.
+_C.MODEL.RPN.SMOOTH_L1_BETA = 1.0 / 9
+# Both RPN losses are multiplied by LOSS_WEIGHT, the box loss also by BBOX_REG_LOSS_WEIGHT (detectron2's).
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+# What the summed RPN losses are divided by: "sampled" (torchvision: the number of sampled anchors; the
+# objectness loss is their mean) or "batch_size" (detectron2: BATCH_SIZE_PER_IMAGE x images, the config
+# value, whatever the number sampled).
+_C.MODEL.RPN.LOSS_NORMALIZER = "sampled"
 
 _C.MODEL.ROI_HEADS = CN()
 # Number of object classes, background excluded (detectron2's convention).
@@ -147,6 +162,11 @@ _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024
 _C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
 # Box-delta weights (wx, wy, ww, wh) of the second stage.
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+# Box head regression loss, as MODEL.RPN's: "smooth_l1" | "giou" | "diou" | "ciou", smooth L1's beta
+# (torchvision 1/9, detectron2's zoo 0.0 = L1) and the loss's weight. Divided by the number of sampled RoIs.
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 1.0 / 9
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
 
 # Localization (Appendix C): per-class regression heads on the classification net.
 _C.MODEL.LOCALIZER = CN()
@@ -174,6 +194,9 @@ _C.MODEL.CLASSIFIER.CIFAR_DEPTH = 20
 _C.INPUT = CN()
 # Shorter side at training: one is picked at random per image (multi-scale when several).
 _C.INPUT.MIN_SIZE_TRAIN = (600,)
+# How the training short side is drawn (detectron2's key): "choice" one of MIN_SIZE_TRAIN, "range" any
+# integer in [MIN_SIZE_TRAIN[0], MIN_SIZE_TRAIN[1]] (two values), each equally likely.
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
 _C.INPUT.MAX_SIZE_TRAIN = 1000
 _C.INPUT.MIN_SIZE_TEST = 600
 _C.INPUT.MAX_SIZE_TEST = 1000
@@ -182,8 +205,41 @@ _C.INPUT.MAX_SIZE_TEST = 1000
 _C.INPUT.RESIZE_ROUNDING = "floor"
 # Channel order the model sees: "BGR" (detectron2, MSRA weights) or "RGB" (torchvision weights).
 _C.INPUT.FORMAT = "BGR"
-# Probability of a horizontal flip at training.
+# Probability of a horizontal flip at training (the RandomFlip augmentation).
 _C.INPUT.RANDOM_FLIP_PROB = 0.5
+# Detection training augmentations, applied in this order (resnet_det/data/augment.py, torchvision
+# transforms.v2, boxes follow the pixels): "RandomFlip" (RANDOM_FLIP_PROB), "RandomCrop" (INPUT.CROP),
+# "LargeScaleJitter" (INPUT.LSJ), "RandomIoUCrop" (SSD's crop, INPUT.IOU_CROP), "PhotometricDistort"
+# (INPUT.PHOTOMETRIC). Each name at most once; e.g. ("RandomCrop", "RandomFlip", "PhotometricDistort").
+_C.INPUT.AUGMENTATIONS = ("RandomFlip",)
+# detectron2's random crop, before the model's resize. ENABLED True also turns it on when AUGMENTATIONS
+# does not list "RandomCrop" (then it runs first, as in detectron2). TYPE: "relative" (SIZE = fractions
+# (h, w) of the image), "relative_range" (fractions drawn in [SIZE, 1]), "absolute" (SIZE = pixels (h, w),
+# at most the image), "absolute_range" (each side drawn in [SIZE[0], SIZE[1]] pixels, at most the image).
+_C.INPUT.CROP = CN()
+_C.INPUT.CROP.ENABLED = False
+_C.INPUT.CROP.TYPE = "relative_range"
+_C.INPUT.CROP.SIZE = (0.9, 0.9)
+# Large-scale jitter (Ghiasi et al. 2021; detectron2's new baselines): resize so the image fits
+# IMAGE_SIZE x IMAGE_SIZE times a factor drawn in SCALE_RANGE, then crop / pad (value 128) to exactly
+# IMAGE_SIZE x IMAGE_SIZE. With it on, the model does not resize training images (MIN/MAX_SIZE_TRAIN
+# unused); test images are resized by MIN/MAX_SIZE_TEST as always.
+_C.INPUT.LSJ = CN()
+_C.INPUT.LSJ.IMAGE_SIZE = 1024
+_C.INPUT.LSJ.SCALE_RANGE = (0.1, 2.0)
+# SSD's random IoU crop (torchvision's RandomIoUCrop): crop sides >= MIN_SCALE of the image, a crop
+# kept when some box has IoU >= one of SAMPLER_OPTIONS (drawn per image; >= 1 = no crop).
+_C.INPUT.IOU_CROP = CN()
+_C.INPUT.IOU_CROP.MIN_SCALE = 0.3
+_C.INPUT.IOU_CROP.SAMPLER_OPTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+# Photometric distortion (torchvision's RandomPhotometricDistort, SSD): factor ranges (low, high) for
+# brightness, contrast, saturation and a hue shift in [-0.5, 0.5]; each applied with probability PROB.
+_C.INPUT.PHOTOMETRIC = CN()
+_C.INPUT.PHOTOMETRIC.BRIGHTNESS = (0.875, 1.125)
+_C.INPUT.PHOTOMETRIC.CONTRAST = (0.5, 1.5)
+_C.INPUT.PHOTOMETRIC.SATURATION = (0.5, 1.5)
+_C.INPUT.PHOTOMETRIC.HUE = (-0.05, 0.05)
+_C.INPUT.PHOTOMETRIC.PROB = 0.5
 # Classification crops: training crop size and the shorter-side range of scale augmentation
 # (Sec. 3.4: [256, 480] and 224), the test resize before the center crop.
 _C.INPUT.CROP_SIZE = 224
@@ -296,6 +352,32 @@ _C.TEST.BEST_METRIC = "bbox/AP"
 # Classification protocols: "center" crop, "10crop" (Tables 2-3), "multiscale" (Table 4).
 _C.TEST.CLS_PROTOCOL = "center"
 _C.TEST.MULTISCALE_SIZES = (224, 256, 384, 480, 640)
+# Which COCOeval computes COCO box AP: "pycocotools" (the official one), "faster_coco_eval" (the C++
+# faster-coco-eval package, pip install -e .[fast-eval]: the same 12 stats within 1e-4, several times
+# faster at COCO-val scale, benchmarks/RESULTS.md) or "auto" (faster_coco_eval when installed). Logged.
+_C.TEST.COCO_EVAL_IMPL = "auto"
+# Images per inference batch in each process when evaluating a detector (the data set is split
+# across processes, each image evaluated once). 1 measured as fast as 2 and 4 on 2 CPU cores
+# (benchmarks/RESULTS.md, "Batched inference"); larger batches pad images to a common size.
+_C.TEST.IMS_PER_BATCH = 1
+# Detection test-time augmentation (detectron2's keys; --eval-only and DefaultPredictor): the image is
+# run at every shorter side of MIN_SIZES (longer side capped at MAX_SIZE) and, with FLIP, mirrored too;
+# all boxes are merged per class with torchvision.ops.batched_nms at MODEL.ROI_HEADS.NMS_THRESH_TEST
+# (modeling/detector/tta.py). Cost: len(MIN_SIZES) x (2 with FLIP) forward passes per image.
+_C.TEST.AUG = CN()
+_C.TEST.AUG.ENABLED = False
+_C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+_C.TEST.AUG.MAX_SIZE = 4000
+_C.TEST.AUG.FLIP = True
+# Inference precision of the detector (predictor, --eval-only, tools/visualize.py; modeling/precision.py):
+# "fp32"; "bf16" (backbone, RPN head, box head in bf16 on CPUs with AVX512_BF16/AMX, else fp32 with one
+# log line; autocast on CUDA); "int8" (CPU: post-training static quantization of the same parts,
+# calibrated on PRECISION_CALIB_IMAGES images of DATASETS.TRAIN, or MODEL.WEIGHTS a calibrated
+# checkpoint from tools/quantize.py). RoIAlign, NMS, box decoding and the box predictor stay float32.
+# Export needs "fp32".
+_C.TEST.PRECISION = "fp32"
+# INT8 calibration: how many DATASETS.TRAIN images (evenly spaced, test-time mapper) to observe.
+_C.TEST.PRECISION_CALIB_IMAGES = 32
 
 # Visualization: images drawn at the end of training (0 = none) and the score threshold.
 _C.VIS = CN()

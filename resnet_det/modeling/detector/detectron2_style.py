@@ -19,6 +19,18 @@ so a detectron2 model-zoo checkpoint gives detectron2's boxes (tests/test_detect
                                            detectron2: keep them; clip to the original image and drop empty
                                              ones (modeling/roi_heads/fast_rcnn.py, modeling/postprocessing.py)
 
+Training losses (torchvision's by default; detectron2's in configs/detectron2_zoo/, checked against one
+detectron2 training step in tests/test_detectron2_training.py):
+
+    MODEL.RPN.LOSS_NORMALIZER              sampled: objectness BCE averaged over the sampled anchors, box
+                                             loss summed and divided by their number (torchvision's rpn.py)
+                                           batch_size: both summed and divided by RPN.BATCH_SIZE_PER_IMAGE
+                                             x images, the config value (modeling/proposal_generator/rpn.py)
+    MODEL.RPN / ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE  smooth_l1 (on deltas, SMOOTH_L1_BETA; detectron2's zoo: 0 = L1,
+                                           torchvision: 1/9), giou / diou / ciou (on decoded boxes,
+                                           torchvision.ops; detectron2's _dense_box_regression_loss)
+    MODEL.RPN.LOSS_WEIGHT, RPN.BBOX_REG_LOSS_WEIGHT, ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT   as detectron2's
+
 plus MODEL.ROI_BOX_HEAD.POOLER_TYPE ROIAlignV2 (RoIAlign with aligned=True) and
 MODEL.ANCHOR_GENERATOR.OFFSET, which both libraries have. Anchors stay in torchvision's ratio-major
 order here; detectron2's size-major RPN channels are permuted when its weights load
@@ -33,13 +45,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.ops import boxes as box_ops
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
 STYLES = ("torchvision", "detectron2")
+BOX_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
+RPN_LOSS_NORMALIZERS = ("sampled", "batch_size")
+_IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
 
 
 def detectron2_resized_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
@@ -95,9 +112,131 @@ class StridedAnchorGenerator(AnchorGenerator):
         return [anchors for _ in range(len(image_list.image_sizes))]
 
 
-class Detectron2RPN(RegionProposalNetwork):
+class BoxRegressionLoss:
+    """A box regression loss summed over the given (foreground) rows, as detectron2's
+    _dense_box_regression_loss (modeling/box_regression.py): smooth L1 on the encoded deltas
+    (beta 0 = L1), or an IoU loss on the boxes the predicted deltas decode to against the ground truth."""
+
+    def __init__(self, loss_type: str = "smooth_l1", beta: float = 1.0 / 9):
+        if loss_type not in BOX_LOSS_TYPES:
+            raise ValueError(f"box regression loss {loss_type!r}: expected one of {', '.join(BOX_LOSS_TYPES)}")
+        if beta < 0:
+            raise ValueError(f"SMOOTH_L1_BETA={beta}: expected a value >= 0")
+        self.loss_type, self.beta = loss_type, float(beta)
+
+    def __call__(self, pred_deltas: Tensor, target_deltas: Tensor, reference_boxes: Tensor, gt_boxes: Tensor,
+                 box_coder) -> Tensor:
+        if self.loss_type == "smooth_l1":
+            # torch's smooth_l1_loss with beta 0 is the L1 loss, as detectron2's smooth_l1_loss.
+            return F.smooth_l1_loss(pred_deltas, target_deltas, beta=self.beta, reduction="sum")
+        pred_boxes = box_coder.decode_single(pred_deltas, reference_boxes)
+        return _IOU_LOSSES[self.loss_type](pred_boxes, gt_boxes, reduction="sum")
+
+    def __repr__(self) -> str:
+        return f"BoxRegressionLoss({self.loss_type!r}, beta={self.beta})"
+
+
+class RPNWithLoss(RegionProposalNetwork):
+    """torchvision's RegionProposalNetwork (matching, sampling, proposals) whose loss is configurable:
+    MODEL.RPN.LOSS_NORMALIZER, BBOX_REG_LOSS_TYPE, SMOOTH_L1_BETA, LOSS_WEIGHT, BBOX_REG_LOSS_WEIGHT.
+    The defaults compute exactly torchvision's compute_loss."""
+
+    def __init__(self, *args, box_loss: BoxRegressionLoss | None = None, normalizer: str = "sampled",
+                 loss_weight: float = 1.0, bbox_reg_loss_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if normalizer not in RPN_LOSS_NORMALIZERS:
+            raise ValueError(f"MODEL.RPN.LOSS_NORMALIZER={normalizer!r}: expected one of "
+                             f"{', '.join(RPN_LOSS_NORMALIZERS)}")
+        self.box_loss = box_loss or BoxRegressionLoss()
+        self.normalizer, self.loss_weight, self.bbox_reg_loss_weight = normalizer, loss_weight, bbox_reg_loss_weight
+
+    def forward(self, images, features: dict[str, Tensor], targets=None):
+        if not self.training:
+            return super().forward(images, features, targets)
+        # torchvision's forward, with the anchors and matched boxes passed on to the loss (IoU losses).
+        features = list(features.values())
+        objectness, pred_bbox_deltas = self.head(features)
+        anchors = self.anchor_generator(images, features)
+        num_images = len(anchors)
+        num_anchors_per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        proposals = self.box_coder.decode(pred_bbox_deltas.detach(), anchors).view(num_images, -1, 4)
+        boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        if targets is None:
+            raise ValueError("targets should not be None")
+        labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets)
+        regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
+        loss_objectness, loss_rpn_box_reg = self.compute_loss(
+            objectness, pred_bbox_deltas, labels, regression_targets, anchors, matched_gt_boxes)
+        return boxes, {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor], anchors: list[Tensor] | None = None,
+                     matched_gt_boxes: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        sampled_pos_inds, sampled_neg_inds = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(sampled_pos_inds, dim=0))[0]
+        neg = torch.where(torch.cat(sampled_neg_inds, dim=0))[0]
+        sampled = torch.cat([pos, neg], dim=0)
+        objectness = objectness.flatten()
+        num_images = len(labels)
+        labels, regression_targets = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
+        if self.box_loss.loss_type != "smooth_l1" and anchors is None:
+            raise ValueError(f"{self.box_loss}: the RPN loss needs the anchors and matched boxes")
+        ref = torch.cat(anchors)[pos] if anchors is not None else None
+        gt = torch.cat(matched_gt_boxes)[pos] if matched_gt_boxes is not None else None
+        box_loss = self.box_loss(pred_bbox_deltas[pos], regression_targets[pos], ref, gt, self.box_coder)
+        if self.normalizer == "sampled":  # torchvision's rpn.py
+            box_loss = box_loss / sampled.numel()
+            objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
+        else:  # detectron2's rpn.py: the configured batch size, not the number sampled
+            normalizer = self.fg_bg_sampler.batch_size_per_image * num_images
+            box_loss = box_loss / normalizer
+            objectness_loss = F.binary_cross_entropy_with_logits(
+                objectness[sampled], labels[sampled], reduction="sum") / normalizer
+        return objectness_loss * self.loss_weight, box_loss * (self.loss_weight * self.bbox_reg_loss_weight)
+
+
+class RoIHeadsWithLoss(RoIHeads):
+    """torchvision's RoIHeads (matching, sampling, classification loss) whose box regression loss is
+    configurable: MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE, SMOOTH_L1_BETA, BBOX_REG_LOSS_WEIGHT. The
+    defaults compute exactly torchvision's fastrcnn_loss."""
+
+    def __init__(self, *args, box_loss: BoxRegressionLoss | None = None, bbox_reg_loss_weight: float = 1.0,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.box_loss, self.bbox_reg_loss_weight = box_loss or BoxRegressionLoss(), bbox_reg_loss_weight
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training or self.has_mask() or self.has_keypoint():
+            return super().forward(features, proposals, image_shapes, targets)
+        if targets is None:
+            raise ValueError("targets should not be None")
+        # torchvision's training path with fastrcnn_loss replaced by self.fastrcnn_loss.
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        gt_boxes = [t["boxes"][m] if t["boxes"].numel() else torch.zeros_like(p)
+                    for t, m, p in zip(targets, matched_idxs, proposals)]
+        loss_classifier, loss_box_reg = self.fastrcnn_loss(class_logits, box_regression, labels, regression_targets,
+                                                           proposals, gt_boxes)
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def fastrcnn_loss(self, class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
+                      regression_targets: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor]
+                      ) -> tuple[Tensor, Tensor]:
+        labels, regression_targets = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
+        classification_loss = F.cross_entropy(class_logits, labels)
+        pos = torch.where(labels > 0)[0]
+        box_regression = box_regression.reshape(class_logits.shape[0], box_regression.size(-1) // 4, 4)
+        box_loss = self.box_loss(box_regression[pos, labels[pos]], regression_targets[pos],
+                                 torch.cat(proposals)[pos], torch.cat(gt_boxes)[pos], self.box_coder)
+        # Divided by all sampled RoIs (torchvision's labels.numel(), detectron2's gt_classes.numel()).
+        return classification_loss, box_loss / labels.numel() * self.bbox_reg_loss_weight
+
+
+class Detectron2RPN(RPNWithLoss):
     """RegionProposalNetwork whose proposal selection is detectron2's find_top_rpn_proposals
-    (modeling/proposal_generator/proposal_utils.py); training targets and losses stay torchvision's."""
+    (modeling/proposal_generator/proposal_utils.py); its losses are RPNWithLoss's."""
 
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
                          num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
@@ -128,7 +267,7 @@ class Detectron2RPN(RegionProposalNetwork):
         return final_boxes, final_scores
 
 
-class Detectron2RoIHeads(RoIHeads):
+class Detectron2RoIHeads(RoIHeadsWithLoss):
     """RoIHeads whose test-time selection is detectron2's fast_rcnn_inference_single_image
     (modeling/roi_heads/fast_rcnn.py): no minimum box size, NMS per 0-based class id.
 

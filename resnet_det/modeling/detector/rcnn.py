@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from ..backbone import build_backbone, resnet_kwargs_from_cfg
 from ..backbone.build import warn_frozen_random_init
 from ..speed import apply_fast_path
-from .detectron2_style import (Detectron2RoIHeads, Detectron2RPN, StridedAnchorGenerator,
-                               detectron2_resized_size, drop_empty_in_original)
+from .detectron2_style import (BoxRegressionLoss, Detectron2RoIHeads, Detectron2RPN, RoIHeadsWithLoss,
+                               RPNWithLoss, StridedAnchorGenerator, detectron2_resized_size,
+                               drop_empty_in_original)
 from .heads import FastRCNNPredictor, build_box_head, build_box_pooler
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,21 @@ class ResizeNormalize(GeneralizedRCNNTransform):
         i = cfg.INPUT
         self._sizes = {True: (tuple(i.MIN_SIZE_TRAIN), i.MAX_SIZE_TRAIN),
                        False: ((i.MIN_SIZE_TEST,), i.MAX_SIZE_TEST)}
+        # Large-scale jitter hands over fixed-size training images (data/augment.py): no second resize.
         super().__init__(i.MIN_SIZE_TEST, i.MAX_SIZE_TEST, list(cfg.MODEL.PIXEL_MEAN),
-                         list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible))
+                         list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible),
+                         _skip_resize="LargeScaleJitter" in i.AUGMENTATIONS)
         self.round_size = i.RESIZE_ROUNDING == "round"
+        self.size_range = i.MIN_SIZE_TRAIN_SAMPLING == "range"
         self.train(False)
+
+    def torch_choice(self, k):
+        """The training short side: one of MIN_SIZE_TRAIN (torchvision's torch_choice, detectron2's
+        "choice"), or with MIN_SIZE_TRAIN_SAMPLING "range" any integer in [min, max] (detectron2's
+        np.random.randint(min, max + 1)); drawn from torch's generator either way."""
+        if self.training and self.size_range:
+            return int(torch.randint(int(k[0]), int(k[-1]) + 1, (1,)).item())
+        return super().torch_choice(k)
 
     def resize(self, image: torch.Tensor, target=None):
         if not self.round_size or torch.jit.is_tracing() or (self.training and self._skip_resize):
@@ -93,6 +104,17 @@ def inputs_to_device(batched_inputs: list[dict], device: torch.device, with_targ
     return images, targets
 
 
+def output_size(batched_input: dict, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) the detections of one input dict are returned in: its "height" / "width" where
+    given (detectron2's input contract: the original image's size when the image was resized before the
+    model), else the size of its image."""
+    h, w = batched_input.get("height", image_size[0]), batched_input.get("width", image_size[1])
+    h, w = int(h), int(w)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"input dict with height={h}, width={w}: the output resolution must be positive")
+    return h, w
+
+
 class FasterRCNN(GeneralizedRCNN):
     """Faster R-CNN whose `forward` takes resnet_det's input dicts (docs/CONTRACTS.md).
 
@@ -122,9 +144,13 @@ class FasterRCNN(GeneralizedRCNN):
         detections, detector_losses = self.roi_heads(roi_in, proposals, images.image_sizes, targets)
         if self.training:
             return {**detector_losses, **proposal_losses}
-        detections = self.transform.postprocess(detections, images.image_sizes, original_sizes)
-        if self.drop_empty:
-            detections = drop_empty_in_original(detections, original_sizes)
+        # detectron2's contract: "height" / "width" are the resolution the outputs are wanted in (its data
+        # mapper resizes before the model). Boxes go from the resized frame straight to it, x and y scaled
+        # separately, then clipped and emptied ones dropped as detector_postprocess does.
+        output_sizes = [output_size(d, s) for d, s in zip(batched_inputs, original_sizes)]
+        detections = self.transform.postprocess(detections, images.image_sizes, output_sizes)
+        if self.drop_empty or output_sizes != original_sizes:
+            detections = drop_empty_in_original(detections, output_sizes)
         return [{"instances": {"boxes": d["boxes"], "scores": d["scores"],
                                "pred_classes": d["labels"] - 1}} for d in detections]
 
@@ -148,26 +174,29 @@ def build_model(cfg) -> FasterRCNN:
         raise ValueError(f"MODEL.RPN.IN_FEATURES={rpn_names} have different channels {channels}")
     anchors = _anchor_generator(cfg, [shapes[n].stride for n in rpn_names])
     r = cfg.MODEL.RPN
-    rpn_cls = Detectron2RPN if r.POSTPROCESS == "detectron2" else RegionProposalNetwork
+    rpn_cls = Detectron2RPN if r.POSTPROCESS == "detectron2" else RPNWithLoss
     rpn = rpn_cls(
         anchors, RPNHead(channels.pop(), anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=r.IOU_THRESHOLDS[1], bg_iou_thresh=r.IOU_THRESHOLDS[0],
         batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
         pre_nms_top_n=dict(training=r.PRE_NMS_TOPK_TRAIN, testing=r.PRE_NMS_TOPK_TEST),
         post_nms_top_n=dict(training=r.POST_NMS_TOPK_TRAIN, testing=r.POST_NMS_TOPK_TEST),
-        nms_thresh=r.NMS_THRESH, score_thresh=r.SCORE_THRESH)
+        nms_thresh=r.NMS_THRESH, score_thresh=r.SCORE_THRESH,
+        box_loss=BoxRegressionLoss(r.BBOX_REG_LOSS_TYPE, r.SMOOTH_L1_BETA), normalizer=r.LOSS_NORMALIZER,
+        loss_weight=r.LOSS_WEIGHT, bbox_reg_loss_weight=r.BBOX_REG_LOSS_WEIGHT)
     rpn.min_size = r.MIN_SIZE
 
     h, b = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
     box_head = build_box_head(cfg, shapes, resnet_kwargs_from_cfg(cfg))
     predictor = FastRCNNPredictor(box_head.out_channels, h.NUM_CLASSES + 1, b.CLS_AGNOSTIC_BBOX_REG)
     d2_boxes = h.POSTPROCESS == "detectron2"
-    roi_heads = (Detectron2RoIHeads if d2_boxes else RoIHeads)(
+    roi_heads = (Detectron2RoIHeads if d2_boxes else RoIHeadsWithLoss)(
         build_box_pooler(cfg, shapes), box_head, predictor,
         fg_iou_thresh=h.IOU_THRESHOLD, bg_iou_thresh=h.IOU_THRESHOLD,
         batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
         bbox_reg_weights=tuple(b.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH_TEST,
-        nms_thresh=h.NMS_THRESH_TEST, detections_per_img=h.DETECTIONS_PER_IMAGE)
+        nms_thresh=h.NMS_THRESH_TEST, detections_per_img=h.DETECTIONS_PER_IMAGE,
+        box_loss=BoxRegressionLoss(b.BBOX_REG_LOSS_TYPE, b.SMOOTH_L1_BETA), bbox_reg_loss_weight=b.BBOX_REG_LOSS_WEIGHT)
     model = FasterRCNN(backbone, rpn, roi_heads, ResizeNormalize(cfg, backbone.size_divisibility),
                        rpn_names, h.IN_FEATURES, drop_empty=d2_boxes)
     logger.info("Parameters per stage (trainable / frozen):\n%s", parameter_table(model))
