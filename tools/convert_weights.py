@@ -25,10 +25,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resnet_det.checkpoint import (LAYOUTS, block_structure, convert_detector, convert_state_dict,  # noqa: E402
-                                   default_meta, detect_convention, detect_layout, join_detector,
+from resnet_det.checkpoint import (LAYOUTS, block_mismatch, block_structure, convert_detector,  # noqa: E402
+                                   convert_state_dict, default_meta, detect_convention, detect_layout, join_detector,
                                    read_checkpoint, save_detectron2_pkl, save_msra_pkl, save_resnet_det,
                                    split_detector)
+from resnet_det.utils.errors import WeightsError  # noqa: E402
 from resnet_det.utils.io import atomic_save  # noqa: E402
 from resnet_det.modeling.backbone.resnet import ARCHS  # noqa: E402
 
@@ -51,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--anchor-grid", type=int, nargs=2, metavar=("SIZES", "RATIOS"),
                    help="anchors per location of the RPN's map (default: 3 aspect ratios; C4: 5 3, FPN: 1 3), "
                         "to reorder its channels between torchvision's and detectron2's anchor order")
+    p.add_argument("--bbox-reg", choices=("aware", "agnostic"),
+                   help="the box predictor's regression, where its rows cannot tell: detectron2's class-aware "
+                        "head for ONE class has 4 rows, like a class-agnostic one (MODEL.ROI_BOX_HEAD."
+                        "CLS_AGNOSTIC_BBOX_REG of the config the weights were trained with)")
     p.add_argument("--strict", action="store_true", help="fail (exit 2) when any input key is unmatched")
     p.add_argument("--trusted", action="store_true",
                    help="allow arbitrary pickled objects in the input (only for files you trust)")
@@ -58,10 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_depth(sd: dict, convention: str, depth: int) -> None:
-    found = block_structure(sd, convention)
-    if found != ARCHS[depth]:
-        raise SystemExit(f"--depth {depth}: Table 1 has {ARCHS[depth][0]} blocks {ARCHS[depth][1]}, "
-                         f"but the weights have {found[0]} blocks {found[1]} in conv2_x..conv5_x")
+    mismatch = block_mismatch(block_structure(sd, convention), ARCHS[depth], "Table 1")
+    if mismatch:
+        raise SystemExit(f"--depth {depth}: {mismatch}")
 
 
 def target_layout(args) -> str | None:
@@ -108,7 +112,10 @@ def main(argv=None) -> int:
     dst = "torchvision" if args.to == "resnet_det" else args.to
     if whole is not None:
         try:
-            out, report = convert_detector(whole, in_layout, layout, anchor_grid=args.anchor_grid)
+            out, report = convert_detector(whole, in_layout, layout, anchor_grid=args.anchor_grid,
+                                           cls_agnostic=None if args.bbox_reg is None else args.bbox_reg == "agnostic")
+        except WeightsError as e:
+            raise SystemExit(f"--input {args.input}: {e}") from None
         except ValueError as e:
             raise SystemExit(f"--input {args.input}: {e}; pass --anchor-grid SIZES RATIOS") from None
     elif layout is None:

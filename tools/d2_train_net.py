@@ -10,13 +10,22 @@ level, so spawned workers register the backbones and resnet_det's data sets too)
 add_resnet_det_config before merging, choose_d2_device after it (the CPU where there is no CUDA, as our
 train_net does; MODEL.DEVICE wins), and registering the config's data sets that resnet_det knows
 (shapes_*, coco_*/voc_* under $RESNET_DET_DATASETS, your own) when detectron2 does not.
+Without detectron2 installed it prints one paragraph on how to install it (also for --help) and exits
+(0 for --help, 2 otherwise), without a traceback.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import resnet_det.integrations.detectron2  # noqa: E402,F401  registers build_resnet_det_*backbone
+try:
+    import resnet_det.integrations.detectron2  # noqa: E402,F401  registers build_resnet_det_*backbone
+except ImportError as e:  # detectron2 is optional; its message says how to install it
+    if "needs detectron2" not in str(e):
+        raise
+    asked_for_help = any(a in ("-h", "--help") for a in sys.argv[1:])
+    print(f"{os.path.basename(__file__)}: " + " ".join(str(e).split()), file=sys.stdout if asked_for_help else sys.stderr)
+    sys.exit(0 if asked_for_help else 2)
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402

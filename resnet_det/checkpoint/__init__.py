@@ -13,11 +13,11 @@ record, loading into models (the policy), training checkpoints and what `--resum
 from .checkpointer import Checkpointer, unwrap_model
 from .conventions import (adopt_weight_conventions, check_resumed_conventions, restore_run_conventions,
                           run_conventions, weights_meta)
-from .formats import (ACCEPTED_FORMATS, load_backbone_weights, missing_weights_error, read_checkpoint,
+from .formats import (ACCEPTED_FORMATS, INT8_FORMAT, load_backbone_weights, missing_weights_error, read_checkpoint,
                       save_detectron2_pkl, save_msra_pkl, save_resnet_det)
-from .heads import HEAD_TABLE, anchor_order, convert_heads
-from .key_map import (BN_EPS, CONVENTIONS, TABLE, ConversionReport, block_structure, convert_state_dict,
-                      format_key, parse_key)
+from .heads import HEAD_TABLE, anchor_order, box_regression_is_agnostic, convert_heads
+from .key_map import (BN_EPS, CONVENTIONS, TABLE, ConversionReport, block_mismatch, block_structure,
+                      convert_state_dict, format_key, parse_key)
 from .layouts import (LAYOUTS, convert_detector, detect_convention, detect_layout, head_framework,
                       join_detector, split_detector)
 from .load import load_model_weights, read_weights
@@ -25,14 +25,14 @@ from .meta import META_KEYS, check_meta, default_meta, meta_mismatches
 
 __all__ = [
     # key_map: the one name table; heads: the parts around the ResNet; layouts: whole detectors
-    "BN_EPS", "CONVENTIONS", "TABLE", "ConversionReport", "block_structure", "convert_state_dict",
-    "format_key", "parse_key",
-    "HEAD_TABLE", "anchor_order", "convert_heads",
+    "BN_EPS", "CONVENTIONS", "TABLE", "ConversionReport", "block_mismatch", "block_structure",
+    "convert_state_dict", "format_key", "parse_key",
+    "HEAD_TABLE", "anchor_order", "box_regression_is_agnostic", "convert_heads",
     "LAYOUTS", "convert_detector", "detect_convention", "detect_layout", "head_framework", "join_detector",
     "split_detector",
     # meta: the record; formats: files
     "META_KEYS", "check_meta", "default_meta", "meta_mismatches",
-    "ACCEPTED_FORMATS", "load_backbone_weights", "missing_weights_error", "read_checkpoint",
+    "ACCEPTED_FORMATS", "INT8_FORMAT", "load_backbone_weights", "missing_weights_error", "read_checkpoint",
     "save_detectron2_pkl", "save_msra_pkl", "save_resnet_det",
     # load: MODEL.WEIGHTS into models
     "load_model_weights", "read_weights",

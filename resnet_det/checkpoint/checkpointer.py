@@ -53,6 +53,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_PERIODIC = re.compile(r"^model_(\d+)\.pth$")  # model_final / model_best are not periodic
+
+
 def _iteration(path: str) -> float:
     m = re.search(r"model_(\d+)\.pth$", path)
     return int(m.group(1)) if m else (float("inf") if path.endswith("model_final.pth") else -1)
@@ -148,10 +151,30 @@ class Checkpointer(_FvcoreCheckpointer):
         for key, obj in self.checkpointables.items():
             if key in state:
                 obj.load_state_dict(state.pop(key))
+            else:
+                logger.warning("%s holds no %r state: it starts afresh", path, key)
         if "rng" in state:
             set_rng_state(state["rng"])
         logger.info("Resumed from %s at iteration %d", path, state["iteration"])
         return state
+
+
+    def prune(self, max_to_keep: int, keep: str | None = None) -> list[str]:
+        """Delete periodic checkpoints (model_NNNNNNN.pth) beyond the newest ``max_to_keep`` by
+        iteration, never ``keep`` (the one just written, counted among them), model_final.pth or
+        model_best.pth; returns the deleted paths. Call it only after the new checkpoint is written:
+        a failed write then deletes nothing."""
+        if max_to_keep <= 0 or not os.path.isdir(self.save_dir):
+            return []
+        keep = os.path.abspath(keep) if keep else None
+        periodic = sorted((os.path.join(self.save_dir, f) for f in os.listdir(self.save_dir) if _PERIODIC.match(f)),
+                          key=_iteration, reverse=True)
+        others = [p for p in periodic if os.path.abspath(p) != keep]
+        old = others[max_to_keep - (1 if keep else 0):]
+        for p in old:
+            os.remove(p)
+            logger.info("Deleted %s (SOLVER.CHECKPOINT_MAX_TO_KEEP %d)", p, max_to_keep)
+        return old
 
 
 def newest_checkpoint(output_dir: str, mmap: bool = False) -> tuple[str | None, dict | None]:

@@ -40,7 +40,7 @@ def _plain(value):
 
 def weights_meta(path: str) -> dict:
     """The input conventions the weights at `path` expect (recorded, or implied by their names)."""
-    sd, meta = read_weights(path)
+    sd, meta = read_weights(path, int8_meta_only=True)  # a calibrated INT8 file records them too
     return meta or default_meta(detect_convention(sd))
 
 

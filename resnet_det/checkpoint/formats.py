@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 # Saved from a wrapper: DistributedDataParallel (module.), the Classifier (net.), others' (model.).
 _WRAPPER_PREFIXES = ("module.", "net.", "model.")
+# The marker of a calibrated INT8 detector (modeling/precision.py save_int8, tools/quantize.py):
+# {"format": INT8_FORMAT, "model": quantized state dict, "meta": {..., "precision": "int8", "calibration": ...}}.
+INT8_FORMAT = "resnet_det_int8"
 ACCEPTED_FORMATS = (".pth/.pt written by torch.save (a state dict, or {'model': ..., 'meta': ...} / "
                     "{'state_dict': ...}), or .pkl in detectron2's {'model': ...} format, MSRA's "
                     "{'blobs': ...} format (R-50.pkl) or a flat dict of numpy arrays")
@@ -92,9 +95,14 @@ def _read_torch(path: str, trusted: bool):
                            f"or not a torch file? Accepted: {ACCEPTED_FORMATS}") from None
 
 
-def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
+def read_checkpoint(path: str, *, trusted: bool = False, ema: bool = False, int8_meta_only: bool = False
+                    ) -> tuple[dict[str, torch.Tensor], dict | None]:
     """(state dict of tensors, meta record or None) from any format in ACCEPTED_FORMATS; a wrapper's
-    prefix shared by every key (module., net., model.) is removed."""
+    prefix shared by every key (module., net., model.) is removed. With ``ema``, a training checkpoint
+    that holds a weights EMA (MODEL_EMA: {"ema": AveragedModel state}) gives the EMA's weights.
+
+    A calibrated INT8 checkpoint (INT8_FORMAT) is not float weights: refused with a message, or with
+    ``int8_meta_only`` read as ({}, its meta) for the input conventions it records."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise missing_weights_error(path)
@@ -103,6 +111,17 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> tuple[dict[str, torc
         raise WeightsError(f"{path}: expected a dict of weights, found {type(obj).__name__}; "
                            f"accepted: {ACCEPTED_FORMATS}")
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else None
+    if obj.get("format") == INT8_FORMAT:
+        if int8_meta_only:
+            return {}, (check_meta(meta, f"{path}: meta") if meta is not None else None)
+        raise WeightsError(f"{path} is a calibrated INT8 checkpoint (tools/quantize.py); it runs only with "
+                           "TEST.PRECISION int8 (predictor, --eval-only, tools/visualize.py). For fp32/bf16, "
+                           "training or export give MODEL.WEIGHTS the float weights it was quantized from")
+    if ema and isinstance(obj.get("ema"), dict):
+        averaged = obj["ema"]
+        logger.info("%s: using its EMA weights (MODEL_EMA; %d updates), not the last trained ones", path,
+                    int(averaged.get("n_averaged", -1)))
+        obj = {"model": {k[len("module."):]: v for k, v in averaged.items() if k.startswith("module.")}}
     for wrapper in ("model", "state_dict", "blobs"):
         if isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -25,6 +25,7 @@ import re
 
 import torch
 
+from ..utils.errors import WeightsError
 from .key_map import ConversionReport
 
 FRAMEWORKS = ("resnet_det", "detectron2")
@@ -103,23 +104,62 @@ def _permute_anchors(value: torch.Tensor, per_anchor: int, order: torch.Tensor) 
     return rows[order].reshape(value.shape)
 
 
-def _predictor(cls: torch.Tensor, box: torch.Tensor | None, to_ours: bool, num_classes: int):
+def _agnostic_name(agnostic: bool) -> str:
+    return "class-agnostic" if agnostic else "class-aware"
+
+
+def box_regression_is_agnostic(rows: int, num_classes: int, framework: str, cls_agnostic: bool | None = None,
+                               where: str = "roi_heads.box_predictor.bbox_pred") -> bool:
+    """Whether a box predictor with `rows` outputs for `num_classes` classes (background excluded) is
+    class-agnostic (4 rows, one box for all) or class-aware (detectron2: 4 per class; resnet_det: 4 per
+    class and the background's), decided with the config's MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG
+    (`cls_agnostic`; None where no config is known). The row count alone cannot tell detectron2's
+    class-aware head for ONE class (4 rows) from a class-agnostic one; WeightsError where the rows and
+    the config disagree (naming both), or where they cannot tell and no config says."""
+    aware_rows = 4 * num_classes + (4 if framework == "resnet_det" else 0)
+    fits = [agnostic for agnostic, n in ((True, 4), (False, aware_rows)) if rows == n]
+    if not fits:
+        raise WeightsError(f"{where} has {rows} outputs for {num_classes} classes: neither class-agnostic (4) "
+                           f"nor class-aware ({aware_rows}) regression in {framework}'s layout; the file is not a "
+                           "box predictor for its own classifier")
+    if cls_agnostic is None:
+        if len(fits) > 1:
+            raise WeightsError(f"{where} has 4 outputs for {num_classes} class: in {framework}'s layout that is "
+                               "class-aware and class-agnostic regression alike. Say which: "
+                               "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG in the config, or tools/convert_weights.py "
+                               "--bbox-reg aware or --bbox-reg agnostic")
+        return fits[0]
+    if bool(cls_agnostic) not in fits:
+        raise WeightsError(f"{where} has {rows} outputs for {num_classes} classes: {_agnostic_name(fits[0])} box "
+                           f"regression, but the config builds {_agnostic_name(bool(cls_agnostic))} regression "
+                           f"(MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG={bool(cls_agnostic)}); set "
+                           f"MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG {not cls_agnostic} to load these weights, or "
+                           f"give {_agnostic_name(bool(cls_agnostic))} weights")
+    return bool(cls_agnostic)
+
+
+def _predictor(cls: torch.Tensor, box: torch.Tensor | None, to_ours: bool, num_classes: int,
+               cls_agnostic: bool | None = None):
     """Background last -> first (to_ours) or back; class-aware box rows gain (lose) the background's."""
     k = num_classes
     order = torch.cat([torch.tensor([k]), torch.arange(k)]) if to_ours else torch.cat([torch.arange(1, k + 1),
                                                                                         torch.tensor([0])])
     cls = cls[order]
-    if box is not None and box.shape[0] != 4:  # 4 rows: class-agnostic, the same in both
+    src = "detectron2" if to_ours else "resnet_det"
+    if box is not None and not box_regression_is_agnostic(box.shape[0], k, src, cls_agnostic):
         box = torch.cat([box.new_zeros((4,) + box.shape[1:]), box]) if to_ours else box[4:]
-    return cls, box
+    return cls, box  # class-agnostic: 4 rows, the same in both
 
 
 def convert_heads(sd: dict, src: str, dst: str, *, anchor_grid: tuple[int, int] | None = None,
-                  fpn_first_level: int = 2) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+                  fpn_first_level: int = 2, cls_agnostic: bool | None = None
+                  ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Rename (and re-lay out) detector head tensors from framework `src` to `dst` (see the table).
 
     Keys that are not head parameters are listed in `report.unmatched`. `anchor_grid` = (sizes,
     ratios) per location of the RPN's map(s); None assumes detectron2's default 3 ratios.
+    `cls_agnostic`: the config's MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG (box_regression_is_agnostic);
+    None: read off the rows, an error where they cannot tell.
     """
     for name, fw in (("src", src), ("dst", dst)):
         if fw not in FRAMEWORKS:
@@ -155,7 +195,7 @@ def convert_heads(sd: dict, src: str, dst: str, *, anchor_grid: tuple[int, int] 
             if cls is None:
                 raise ValueError(f"{key} without roi_heads.box_predictor.cls_score.{fields['cp']}: the number of "
                                  "classes is unknown, so the box rows cannot be converted")
-            _, value = _predictor(cls, value, to_ours, cls.shape[0] - 1)
+            _, value = _predictor(cls, value, to_ours, cls.shape[0] - 1, cls_agnostic)
             if to_ours and value.shape[0] != 4:
                 report.synthesized.append(f"{format_head_key(kind, fields, dst, fpn_first_level)}[:4]")
         new_key = format_head_key(kind, fields, dst, fpn_first_level)

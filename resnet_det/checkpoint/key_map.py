@@ -244,3 +244,21 @@ def block_structure(sd: dict, convention: str) -> tuple[str, tuple[int, ...]]:
             blocks[parsed[1]["stage"]].add(parsed[1]["block"])
             third_conv |= parsed[1].get("k") == 3  # only bottlenecks have conv3 (Fig. 5)
     return ("bottleneck" if third_conv else "basic"), tuple(len(blocks[s]) for s in range(2, 6))
+
+
+def block_mismatch(weights: tuple[str, tuple[int, ...]], expected: tuple[str, tuple[int, ...]], what: str, *,
+                   extra_only: bool = False) -> str | None:
+    """The depth check of tools/convert_weights.py --depth and of MODEL.WEIGHTS (checkpoint/load.py):
+    None when the weights' ResNet blocks (block_structure) are `expected`'s, else one sentence naming both
+    (`what`: whose blocks `expected` are, e.g. "Table 1"). ``extra_only``: only blocks beyond `expected`'s
+    in a stage it has count (the weights of a deeper net, which would run truncated); missing ones are
+    reported by the loader as missing tensors."""
+    (w_kind, w_blocks), (e_kind, e_blocks) = weights, expected
+    if extra_only:
+        differ = any(0 < e < w for w, e in zip(w_blocks, e_blocks))
+    else:
+        differ = (w_kind, tuple(w_blocks)) != (e_kind, tuple(e_blocks))
+    if not differ:
+        return None
+    return (f"{what} has {e_kind} blocks {tuple(e_blocks)}, but the weights have {w_kind} blocks {tuple(w_blocks)} "
+            "in conv2_x..conv5_x")

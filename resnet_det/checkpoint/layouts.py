@@ -156,14 +156,17 @@ def head_framework(layout: str) -> str:
 
 
 def convert_detector(sd: dict, src_layout: str, dst_layout: str, *, anchor_grid: tuple[int, int] | None = None,
-                     fpn_first_level: int = 2) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+                     fpn_first_level: int = 2, cls_agnostic: bool | None = None
+                     ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """A whole detector's state dict from one layout to another: backbone through the ResNet table
-    (key_map), FPN / RPN / box head / predictor through the head table (heads.py). Every source key
-    is converted or listed in `report.unmatched`; nothing is logged (the caller decides)."""
+    (key_map), FPN / RPN / box head / predictor through the head table (heads.py; `cls_agnostic`: the
+    config's CLS_AGNOSTIC_BBOX_REG, see heads.box_regression_is_agnostic). Every source key is converted
+    or listed in `report.unmatched`; nothing is logged (the caller decides)."""
     backbone, rest = split_detector(sd, src_layout)
     out, report = join_detector(backbone, LAYOUTS[src_layout].convention, dst_layout, log=False)
     heads, head_report = convert_heads(rest, head_framework(src_layout), head_framework(dst_layout),
-                                       anchor_grid=anchor_grid, fpn_first_level=fpn_first_level)
+                                       anchor_grid=anchor_grid, fpn_first_level=fpn_first_level,
+                                       cls_agnostic=cls_agnostic)
     out.update(heads)
     if head_framework(dst_layout) == "detectron2":  # its FrozenBN, the model zoo's norm, has no counter
         for key in [k for k in out if k.endswith("num_batches_tracked")]:

@@ -13,7 +13,8 @@ from torch import nn
 from ..utils.errors import ConfigError, WeightsError
 from .checkpointer import unwrap_model
 from .formats import read_checkpoint
-from .key_map import convert_state_dict, parse_key
+from .heads import box_regression_is_agnostic
+from .key_map import block_mismatch, block_structure, convert_state_dict, parse_key
 from .layouts import LAYOUTS, convert_detector, detect_convention, detect_layout, join_detector, split_detector
 
 logger = logging.getLogger(__name__)
@@ -29,11 +30,12 @@ _NET = "net."
 _RESNET_HOMES = ((_C4.body_prefix, ""), (_C4.res5_prefix, "layer4."), (_NET, ""))
 
 
-def read_weights(path: str) -> tuple[dict, dict]:
-    """(state_dict of tensors, meta or {}) of MODEL.WEIGHTS; a one-paragraph error when unset or missing."""
+def read_weights(path: str, *, ema: bool = False, int8_meta_only: bool = False) -> tuple[dict, dict]:
+    """(state_dict of tensors, meta or {}) of MODEL.WEIGHTS; a one-paragraph error when unset or missing.
+    ``ema``: a checkpoint's EMA weights where it holds them; ``int8_meta_only``: see read_checkpoint."""
     if not path:
         raise ConfigError("MODEL.WEIGHTS is empty: give a weights file (MODEL.WEIGHTS path/to/weights.pth)")
-    sd, meta = read_checkpoint(path)
+    sd, meta = read_checkpoint(path, ema=ema, int8_meta_only=int8_meta_only)
     return sd, meta or {}
 
 
@@ -88,11 +90,12 @@ def _to_model_names(sd: dict, model: nn.Module, target: dict, path: str) -> tupl
         dst = "resnet_det-C4" if LAYOUTS[layout].res5_prefix else "resnet_det-FPN"
         generator = getattr(getattr(model, "rpn", None), "anchor_generator", None)
         grid = (len(generator.sizes[0]), len(generator.aspect_ratios[0])) if generator is not None else None
+        agnostic = _cls_agnostic(model)
         try:
-            converted, report = convert_detector(sd, layout, dst, anchor_grid=grid)
+            converted, report = convert_detector(sd, layout, dst, anchor_grid=grid, cls_agnostic=agnostic)
         except ValueError:  # another anchor grid: converted as detectron2's default, the shapes then tell
             try:
-                converted, report = convert_detector(sd, layout, dst)
+                converted, report = convert_detector(sd, layout, dst, cls_agnostic=agnostic)
             except ValueError as e:
                 raise WeightsError(f"MODEL.WEIGHTS {path} (a {layout} detector checkpoint): {e}") from None
         return ({**converted, **{k: sd[k] for k in report.unmatched}}, list(report.dropped),
@@ -106,7 +109,38 @@ def _to_model_names(sd: dict, model: nn.Module, target: dict, path: str) -> tupl
     return sd, [], "a checkpoint of this model's layout", True
 
 
-def load_model_weights(model: nn.Module, path: str, *, require_all: bool = False) -> dict:
+def _cls_agnostic(model: nn.Module) -> bool | None:
+    """The model's MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG, or None for a model without a box predictor."""
+    return getattr(getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_agnostic", None)
+
+
+_PREDICTOR = "roi_heads.box_predictor."
+
+
+def _check_fit(sd: dict, model: nn.Module, target: dict, path: str, kind: str, whole: bool) -> None:
+    """Weights that would load into a different network than they were trained as are refused: a box
+    regression of the other kind (class-aware vs agnostic: heads.box_regression_is_agnostic), and ResNet
+    blocks the model lacks (a deeper net's weights would run truncated; the depth check of
+    tools/convert_weights.py --depth, key_map.block_mismatch)."""
+    box, cls, agnostic = _PREDICTOR + "bbox_pred.weight", _PREDICTOR + "cls_score.weight", _cls_agnostic(model)
+    if whole and agnostic is not None and box in sd and cls in sd:
+        try:
+            box_regression_is_agnostic(sd[box].shape[0], sd[cls].shape[0] - 1, "resnet_det", agnostic)
+        except WeightsError as e:
+            raise WeightsError(f"MODEL.WEIGHTS {path} ({kind}): {e}") from None
+    in_file = {n: v for k, v in sd.items() if (n := _resnet_name(k)) is not None}
+    in_model = {n: v for k, v in target.items() if (n := _resnet_name(k)) is not None}
+    if in_file and in_model:
+        mismatch = block_mismatch(block_structure(in_file, "torchvision"), block_structure(in_model, "torchvision"),
+                                  "the ResNet this config builds", extra_only=True)
+        if mismatch:
+            raise WeightsError(f"MODEL.WEIGHTS {path} ({kind}): {mismatch}: these are a deeper network's weights, "
+                               "and loading them would run it truncated. Set MODEL.RESNETS.DEPTH (and the rest of "
+                               "the config) to the network the weights were trained as, or give weights of this "
+                               "depth.")
+
+
+def load_model_weights(model: nn.Module, path: str, *, require_all: bool = False, use_ema: bool = False) -> dict:
     """Load MODEL.WEIGHTS into `model`; returns and logs the report (loaded / reinitialized /
     missing / unused).
 
@@ -120,12 +154,16 @@ def load_model_weights(model: nn.Module, path: str, *, require_all: bool = False
 
     ``require_all``: the file must hold exactly this model (every tensor loads, none is left over or
     re-initialised), as export needs: a deployed model with random layers is wrong.
+
+    ``use_ema``: a training checkpoint's weights EMA (MODEL_EMA) where it holds one (logged), as
+    --eval-only evaluates what training evaluated.
     """
     model = unwrap_model(model)
-    sd, _ = read_weights(path)
+    sd, _ = read_weights(path, ema=use_ema)
     in_file = len(sd)
     target = model.state_dict()
     sd, dropped, kind, whole = _to_model_names(sd, model, target, path)
+    _check_fit(sd, model, target, path, kind, whole)
     loaded, reinit, unused, wrong_shape = [], [], [], []
     new_state = dict(target)
     for k, v in sd.items():

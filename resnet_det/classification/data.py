@@ -23,6 +23,7 @@ from ..data.catalog import DatasetCatalog, DatasetNotFoundError, MetadataCatalog
 from ..data.demo import make_classification_set
 from ..data.samplers import InferenceSampler, TrainingSampler
 from ..data.shapes_draw import SHAPE_KINDS
+from ..data.store import SerializedList
 from ..data.transforms import BadImageError, read_image
 from ..utils import comm
 from ..utils.errors import ConfigError, DataError
@@ -199,7 +200,10 @@ def build_classification_train_loader(cfg, start_iter: int = 0, dicts: list | No
     total = cfg.SOLVER.IMS_PER_BATCH
     if total % world:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
-    dicts = get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":  # repeat factors come from box categories
+        raise ConfigError(f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r} applies to detection and "
+                          "localization training; classification uses TrainingSampler (remove the setting)")
+    dicts = SerializedList(get_classification_dicts(cfg.DATASETS.TRAIN) if dicts is None else dicts)
     sampler = TrainingSampler(len(dicts), shuffle=True, seed=cfg.SEED)
     stream = _BatchStream(dicts, TrainTransform(cfg), cfg.INPUT.FORMAT, sampler, total // world, start_iter,
                           cfg.DATALOADER.ON_BAD_IMAGE)
@@ -236,7 +240,7 @@ def build_classification_test_loader(cfg, dataset_name, protocol: str | None = N
     """Test batches for ``protocol`` (default TEST.CLS_PROTOCOL): center crops, 10 crops per image
     (batches of IMS_PER_BATCH // 10 images), or whole images one at a time for "multiscale"
     (images differ in size, and the model resizes each to every TEST.MULTISCALE_SIZES)."""
-    dicts = get_classification_dicts(dataset_name)
+    dicts = SerializedList(get_classification_dicts(dataset_name))  # shared by forked workers
     transform = TestTransform(cfg, protocol)
     world = comm.get_world_size()
     per_rank = max(1, cfg.SOLVER.IMS_PER_BATCH // world)

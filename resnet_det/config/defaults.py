@@ -54,7 +54,8 @@ _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0
 # Grouped convolutions (ResNeXt); 1 and 64 give the paper's ResNet.
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
-# Dilation of res5 (1 or 2); with 2, res5 keeps stride 16.
+# Dilation of res5 (1 or 2); with 2, res5 keeps stride 16. Backbones that run res5 only (FPN): the C4
+# res5 box head (Res5ROIHead) is refused with 2, as detectron2 ignores the key there.
 _C.MODEL.RESNETS.RES5_DILATION = 1
 # Table 3 shortcut option: "A" zero-pad identity, "B" projection where shape changes, "C" always.
 _C.MODEL.RESNETS.SHORTCUT = "B"
@@ -98,7 +99,8 @@ _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
 _C.MODEL.RPN.POSITIVE_FRACTION = 0.5
 # Proposals with a smaller side (pixels, in the resized image) are dropped.
 _C.MODEL.RPN.MIN_SIZE = 1e-3
-# Proposal objectness score threshold (torchvision's rpn_score_thresh; "torchvision" POSTPROCESS only).
+# Proposal objectness score threshold (torchvision's rpn_score_thresh; "torchvision" POSTPROCESS only:
+# a value other than 0 is refused under "detectron2", which has no such threshold).
 _C.MODEL.RPN.SCORE_THRESH = 0.0
 # Proposal selection after the per-level top-k. "torchvision": drop sides < MIN_SIZE, NMS on sigmoid
 # scores. "detectron2": drop non-finite boxes and sides <= MIN_SIZE (0: empty boxes only), NMS on logits.
@@ -192,6 +194,9 @@ _C.MODEL.CLASSIFIER.CIFAR_DEPTH = 20
 _C.INPUT = CN()
 # Shorter side at training: one is picked at random per image (multi-scale when several).
 _C.INPUT.MIN_SIZE_TRAIN = (600,)
+# How the training short side is drawn (detectron2's key): "choice" one of MIN_SIZE_TRAIN, "range" any
+# integer in [MIN_SIZE_TRAIN[0], MIN_SIZE_TRAIN[1]] (two values), each equally likely.
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
 _C.INPUT.MAX_SIZE_TRAIN = 1000
 _C.INPUT.MIN_SIZE_TEST = 600
 _C.INPUT.MAX_SIZE_TEST = 1000
@@ -200,8 +205,41 @@ _C.INPUT.MAX_SIZE_TEST = 1000
 _C.INPUT.RESIZE_ROUNDING = "floor"
 # Channel order the model sees: "BGR" (detectron2, MSRA weights) or "RGB" (torchvision weights).
 _C.INPUT.FORMAT = "BGR"
-# Probability of a horizontal flip at training.
+# Probability of a horizontal flip at training (the RandomFlip augmentation).
 _C.INPUT.RANDOM_FLIP_PROB = 0.5
+# Detection training augmentations, applied in this order (resnet_det/data/augment.py, torchvision
+# transforms.v2, boxes follow the pixels): "RandomFlip" (RANDOM_FLIP_PROB), "RandomCrop" (INPUT.CROP),
+# "LargeScaleJitter" (INPUT.LSJ), "RandomIoUCrop" (SSD's crop, INPUT.IOU_CROP), "PhotometricDistort"
+# (INPUT.PHOTOMETRIC). Each name at most once; e.g. ("RandomCrop", "RandomFlip", "PhotometricDistort").
+_C.INPUT.AUGMENTATIONS = ("RandomFlip",)
+# detectron2's random crop, before the model's resize. ENABLED True also turns it on when AUGMENTATIONS
+# does not list "RandomCrop" (then it runs first, as in detectron2). TYPE: "relative" (SIZE = fractions
+# (h, w) of the image), "relative_range" (fractions drawn in [SIZE, 1]), "absolute" (SIZE = pixels (h, w),
+# at most the image), "absolute_range" (each side drawn in [SIZE[0], SIZE[1]] pixels, at most the image).
+_C.INPUT.CROP = CN()
+_C.INPUT.CROP.ENABLED = False
+_C.INPUT.CROP.TYPE = "relative_range"
+_C.INPUT.CROP.SIZE = (0.9, 0.9)
+# Large-scale jitter (Ghiasi et al. 2021; detectron2's new baselines): resize so the image fits
+# IMAGE_SIZE x IMAGE_SIZE times a factor drawn in SCALE_RANGE, then crop / pad (value 128) to exactly
+# IMAGE_SIZE x IMAGE_SIZE. With it on, the model does not resize training images (MIN/MAX_SIZE_TRAIN
+# unused); test images are resized by MIN/MAX_SIZE_TEST as always.
+_C.INPUT.LSJ = CN()
+_C.INPUT.LSJ.IMAGE_SIZE = 1024
+_C.INPUT.LSJ.SCALE_RANGE = (0.1, 2.0)
+# SSD's random IoU crop (torchvision's RandomIoUCrop): crop sides >= MIN_SCALE of the image, a crop
+# kept when some box has IoU >= one of SAMPLER_OPTIONS (drawn per image; >= 1 = no crop).
+_C.INPUT.IOU_CROP = CN()
+_C.INPUT.IOU_CROP.MIN_SCALE = 0.3
+_C.INPUT.IOU_CROP.SAMPLER_OPTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+# Photometric distortion (torchvision's RandomPhotometricDistort, SSD): factor ranges (low, high) for
+# brightness, contrast, saturation and a hue shift in [-0.5, 0.5]; each applied with probability PROB.
+_C.INPUT.PHOTOMETRIC = CN()
+_C.INPUT.PHOTOMETRIC.BRIGHTNESS = (0.875, 1.125)
+_C.INPUT.PHOTOMETRIC.CONTRAST = (0.5, 1.5)
+_C.INPUT.PHOTOMETRIC.SATURATION = (0.5, 1.5)
+_C.INPUT.PHOTOMETRIC.HUE = (-0.05, 0.05)
+_C.INPUT.PHOTOMETRIC.PROB = 0.5
 # Classification crops: training crop size and the shorter-side range of scale augmentation
 # (Sec. 3.4: [256, 480] and 224), the test resize before the center crop.
 _C.INPUT.CROP_SIZE = 224
@@ -234,6 +272,15 @@ _C.DATALOADER.ON_BAD_IMAGE = "error"
 # Pin the training batches' host memory when the model trains on a GPU (MODEL.DEVICE cuda, or auto
 # with one present): the model's non_blocking copies then overlap with the host; ignored on CPU.
 _C.DATALOADER.PIN_MEMORY = True
+# Training sampler (detection and localization loaders): "TrainingSampler" (each image once per
+# epoch, reshuffled) or "RepeatFactorTrainingSampler" (detectron2's, from the LVIS paper: an image is
+# repeated r = max over its categories c of max(1, sqrt(REPEAT_THRESHOLD / f(c))) times per epoch,
+# f(c) = the fraction of training images containing c, the fraction of r rounded stochastically per
+# epoch), which oversamples images of rare categories in long-tailed data sets.
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+# RepeatFactorTrainingSampler's threshold t: categories in fewer than this fraction of the images are
+# oversampled (LVIS uses 0.001).
+_C.DATALOADER.REPEAT_THRESHOLD = 0.0
 
 # ---------------------------------------------------------------------------------------------
 # SOLVER
@@ -266,6 +313,10 @@ _C.SOLVER.WARMUP_ITERS = 1000
 # "linear" or "constant" (ResNet-110's lr 0.01 warm-up, Sec. 4.2, is constant with factor 0.1).
 _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Keep only the newest this many periodic checkpoints (model_NNNNNNN.pth; 0 = keep all). An older one
+# is deleted only after the new one is completely written; model_final.pth and model_best.pth are
+# never deleted.
+_C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
 # Clip gradients to this global L2 norm (0 = off).
 _C.SOLVER.CLIP_GRADIENTS = 0.0
 # Non-finite loss or gradient: "stop" with a report (iteration, loss term, image ids), or "skip"
@@ -275,6 +326,20 @@ _C.SOLVER.AMP = CN()
 # Mixed precision (GPU); DTYPE "bfloat16" or "float16" (the latter uses a GradScaler).
 _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.AMP.DTYPE = "bfloat16"
+
+# ---------------------------------------------------------------------------------------------
+# MODEL_EMA: an exponential moving average of the weights (parameters and buffers), updated after
+# every step (torch.optim.swa_utils.AveragedModel); evaluation during and after training, the
+# drawings and --eval-only of a checkpoint that holds one use it; checkpoints hold both ("model" and
+# "ema") and --resume restores both.
+# ---------------------------------------------------------------------------------------------
+_C.MODEL_EMA = CN()
+_C.MODEL_EMA.ENABLED = False
+# ema = DECAY * ema + (1 - DECAY) * weights after each step (0.999: about the last 1000 steps).
+_C.MODEL_EMA.DECAY = 0.999
+# Warm-up (d2go's ModelEMA): update n uses min(DECAY, (1 + n) / (DECAY_WARM_UP_FACTOR + n)), so a short
+# run's average is not dominated by the random initial weights; negative = off (constant DECAY).
+_C.MODEL_EMA.DECAY_WARM_UP_FACTOR = -1.0
 
 # ---------------------------------------------------------------------------------------------
 # TEST
@@ -287,6 +352,32 @@ _C.TEST.BEST_METRIC = "bbox/AP"
 # Classification protocols: "center" crop, "10crop" (Tables 2-3), "multiscale" (Table 4).
 _C.TEST.CLS_PROTOCOL = "center"
 _C.TEST.MULTISCALE_SIZES = (224, 256, 384, 480, 640)
+# Which COCOeval computes COCO box AP: "pycocotools" (the official one), "faster_coco_eval" (the C++
+# faster-coco-eval package, pip install -e .[fast-eval]: the same 12 stats within 1e-4, several times
+# faster at COCO-val scale, benchmarks/RESULTS.md) or "auto" (faster_coco_eval when installed). Logged.
+_C.TEST.COCO_EVAL_IMPL = "auto"
+# Images per inference batch in each process when evaluating a detector (the data set is split
+# across processes, each image evaluated once). 1 measured as fast as 2 and 4 on 2 CPU cores
+# (benchmarks/RESULTS.md, "Batched inference"); larger batches pad images to a common size.
+_C.TEST.IMS_PER_BATCH = 1
+# Detection test-time augmentation (detectron2's keys; --eval-only and DefaultPredictor): the image is
+# run at every shorter side of MIN_SIZES (longer side capped at MAX_SIZE) and, with FLIP, mirrored too;
+# all boxes are merged per class with torchvision.ops.batched_nms at MODEL.ROI_HEADS.NMS_THRESH_TEST
+# (modeling/detector/tta.py). Cost: len(MIN_SIZES) x (2 with FLIP) forward passes per image.
+_C.TEST.AUG = CN()
+_C.TEST.AUG.ENABLED = False
+_C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+_C.TEST.AUG.MAX_SIZE = 4000
+_C.TEST.AUG.FLIP = True
+# Inference precision of the detector (predictor, --eval-only, tools/visualize.py; modeling/precision.py):
+# "fp32"; "bf16" (backbone, RPN head, box head in bf16 on CPUs with AVX512_BF16/AMX, else fp32 with one
+# log line; autocast on CUDA); "int8" (CPU: post-training static quantization of the same parts,
+# calibrated on PRECISION_CALIB_IMAGES images of DATASETS.TRAIN, or MODEL.WEIGHTS a calibrated
+# checkpoint from tools/quantize.py). RoIAlign, NMS, box decoding and the box predictor stay float32.
+# Export needs "fp32".
+_C.TEST.PRECISION = "fp32"
+# INT8 calibration: how many DATASETS.TRAIN images (evenly spaced, test-time mapper) to observe.
+_C.TEST.PRECISION_CALIB_IMAGES = 32
 
 # Visualization: images drawn at the end of training (0 = none) and the score threshold.
 _C.VIS = CN()

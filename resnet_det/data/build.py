@@ -19,7 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .samplers import InferenceSampler, TrainingSampler
+from .samplers import (InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler,
+                       repeat_factors_from_category_frequency)
+from .store import SerializedList
 from .transforms import DatasetMapper, read_skipped_images
 from ..utils import comm
 from ..utils.errors import ConfigError, DataError
@@ -56,7 +58,8 @@ def get_detection_dataset_dicts(names, filter_empty: bool = True) -> list[dict]:
 
 
 def _aspect_key(d: dict) -> int:
-    return int(d["width"] >= d["height"])  # 1: landscape (or square), 0: portrait
+    # detectron2's AspectRatioGroupedDataset: bucket 0 if w > h else 1, so squares go with portraits.
+    return 0 if d["width"] > d["height"] else 1
 
 
 class _Batcher:
@@ -171,11 +174,27 @@ def build_detection_train_loader(cfg, mapper=None, start_iter: int = 0, dataset:
         raise ConfigError(f"SOLVER.IMS_PER_BATCH={total} must be divisible by the number of processes ({world})")
     if dataset is None:
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED)
+    dataset = SerializedList(dataset)  # shared by forked workers, not copied (data/store.py)
+    sampler = build_train_sampler(cfg, dataset)
     bad = set(read_skipped_images(cfg.OUTPUT_DIR)) if start_iter > 0 else set()
     return TrainLoader(dataset, mapper or DatasetMapper(cfg, is_train=True), sampler, total // world,
                        cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.DATALOADER.NUM_WORKERS,
                        bool(cfg.DATALOADER.PIN_MEMORY) and _trains_on_cuda(cfg), start_iter, bad)
+
+
+def build_train_sampler(cfg, dataset: list[dict]) -> TrainingSampler:
+    """DATALOADER.SAMPLER_TRAIN over ``dataset`` (its dicts), seeded by SEED."""
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    logger.info("Using training sampler %s", name)
+    if name == "RepeatFactorTrainingSampler":
+        factors = repeat_factors_from_category_frequency(dataset, cfg.DATALOADER.REPEAT_THRESHOLD)
+        logger.info("Repeat factors (DATALOADER.REPEAT_THRESHOLD %g): %d of %d images repeated, an epoch "
+                    "is %.1f images on average", cfg.DATALOADER.REPEAT_THRESHOLD, int((factors > 1).sum()),
+                    len(factors), float(factors.sum()))
+        return RepeatFactorTrainingSampler(factors, seed=cfg.SEED)
+    if name == "TrainingSampler":
+        return TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED)
+    raise ConfigError(f"DATALOADER.SAMPLER_TRAIN={name!r}: expected TrainingSampler or RepeatFactorTrainingSampler")
 
 
 def _trains_on_cuda(cfg) -> bool:
@@ -196,7 +215,7 @@ class _MapDataset(Dataset):
 
 
 class TestLoader:
-    """Batches of one model-input dict, each image of this rank's shard once, in order."""
+    """Batches (lists) of model-input dicts, each image of this rank's shard once, in order."""
 
     def __init__(self, loader: DataLoader, size: int):
         self.loader, self.size = loader, size
@@ -212,11 +231,13 @@ class TestLoader:
 
 
 def build_detection_test_loader(cfg, dataset_name, mapper=None) -> TestLoader:
-    """Sequential loader over ``dataset_name`` (a name or list of names): batch 1, no flip, this
-    rank's contiguous shard (InferenceSampler); ``len()`` is the shard size."""
-    dicts = get_detection_dataset_dicts(dataset_name, filter_empty=False)
+    """Sequential loader over ``dataset_name`` (a name or list of names): batches of TEST.IMS_PER_BATCH
+    images (per process), no flip, this rank's contiguous shard (InferenceSampler: every image on
+    exactly one rank); ``len()`` is the number of batches. DATALOADER.NUM_WORKERS workers decode the
+    next batches while the model runs on this one."""
+    dicts = SerializedList(get_detection_dataset_dicts(dataset_name, filter_empty=False))
     sampler = InferenceSampler(len(dicts))
-    loader = DataLoader(_MapDataset(dicts, mapper or DatasetMapper(cfg, is_train=False)), batch_size=1,
-                        sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_identity,
-                        generator=torch.Generator().manual_seed(0))  # keep the global RNG untouched
-    return TestLoader(loader, len(sampler))
+    loader = DataLoader(_MapDataset(dicts, mapper or DatasetMapper(cfg, is_train=False)),
+                        batch_size=cfg.TEST.IMS_PER_BATCH, sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                        collate_fn=_identity, generator=torch.Generator().manual_seed(0))  # global RNG untouched
+    return TestLoader(loader, len(loader))

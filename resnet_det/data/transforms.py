@@ -1,7 +1,8 @@
-"""Dataset dict -> model input (docs/CONTRACTS.md): decode, optional flip, boxes to tensors.
+"""Dataset dict -> model input (docs/CONTRACTS.md): decode, training augmentations, boxes to tensors.
 
-Resizing and normalisation happen inside the model (torchvision's GeneralizedRCNNTransform), so the
-image stays at its original size here and predictions come back in original pixels.
+Resizing and normalisation happen inside the model (torchvision's GeneralizedRCNNTransform), so a test
+image stays at its original size here and predictions come back in original pixels. Training images go
+through INPUT.AUGMENTATIONS (data/augment.py; by default a random flip only).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ..utils.errors import ConfigError, DataError
+from .augment import Augmentations
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,10 @@ class DatasetMapper:
     """Callable: dataset dict -> model input dict, or None for a bad image under policy "skip".
 
     Args:
-        cfg: reads INPUT.FORMAT, INPUT.RANDOM_FLIP_PROB, DATALOADER.ON_BAD_IMAGE, OUTPUT_DIR.
-        is_train: flip at random and drop crowd boxes (they are "ignore" regions, not targets).
+        cfg: reads INPUT.FORMAT, INPUT.AUGMENTATIONS (and their keys), DATALOADER.ON_BAD_IMAGE, OUTPUT_DIR.
+        is_train: augment (INPUT.AUGMENTATIONS) and drop crowd boxes (they are "ignore" regions, not
+            targets). A cropped or rescaled training image keeps the dict's original height/width
+            (the loader groups batches by them and replays that grouping on --resume).
     Example::
 
         mapper = DatasetMapper(cfg, is_train=False)
@@ -67,7 +71,7 @@ class DatasetMapper:
     def __init__(self, cfg, is_train: bool = True):
         self.is_train = is_train
         self.image_format = cfg.INPUT.FORMAT
-        self.flip_prob = float(cfg.INPUT.RANDOM_FLIP_PROB) if is_train else 0.0
+        self.augment = Augmentations(cfg) if is_train else None
         self.on_bad_image = cfg.DATALOADER.ON_BAD_IMAGE
         if self.image_format not in ("BGR", "RGB"):
             raise ConfigError(f"INPUT.FORMAT={self.image_format!r}: expected one of BGR, RGB")
@@ -78,7 +82,7 @@ class DatasetMapper:
         self._rng = np.random.default_rng()
 
     def __call__(self, dataset_dict: dict, rng: np.random.Generator | None = None) -> dict | None:
-        """``rng`` (the loaders pass one per stream position) makes the flip reproducible."""
+        """``rng`` (the loaders pass one per stream position) makes the augmentations reproducible."""
         try:
             img = read_image(dataset_dict["file_name"])
             h, w = img.shape[:2]
@@ -95,18 +99,19 @@ class DatasetMapper:
         anns = dataset_dict.get("annotations", [])
         if self.is_train:
             anns = [a for a in anns if not a.get("iscrowd", 0)]
-        boxes = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
-        classes = np.array([a["category_id"] for a in anns], np.int64)
-        if self.flip_prob > 0 and (rng or self._rng).uniform() < self.flip_prob:
-            img = img[:, ::-1]
-            # x -> w - x maps pixel-edge coordinates onto the mirrored image; x0 and x1 swap roles.
-            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
-        if self.image_format == "RGB":
-            img = img[:, :, ::-1]
-        out = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
+        boxes = torch.as_tensor(np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4))
+        classes = torch.as_tensor(np.array([a["category_id"] for a in anns], np.int64))
+        if self.augment is None:
+            image = torch.from_numpy(np.ascontiguousarray((img if self.image_format == "BGR" else img[:, :, ::-1])
+                                                          .transpose(2, 0, 1)))
+        else:  # the augmentations take RGB (the photometric ones need to know which channel is which)
+            image = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
+            image, boxes, classes = self.augment(image, boxes, classes, rng or self._rng)
+            image = image.flip(0).contiguous() if self.image_format == "BGR" else image.contiguous()
+        out = {"image": image,
                "height": h, "width": w, "image_id": dataset_dict["image_id"],
                "file_name": dataset_dict["file_name"],
-               "boxes": torch.from_numpy(boxes), "classes": torch.from_numpy(classes)}
+               "boxes": boxes, "classes": classes}
         return out
 
     def _record_skip(self, file_name: str, reason: str) -> None:

@@ -6,8 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ..checkpoint import adopt_weight_conventions, load_model_weights
-from .trainer import resolve_device
+from ..checkpoint import adopt_weight_conventions
 
 
 class ModelPredictor:
@@ -20,21 +19,30 @@ class ModelPredictor:
     def metadata(self):
         return SimpleNamespace(thing_classes=self.class_names)
 
-    @torch.inference_mode()
     def __call__(self, image_bgr: np.ndarray) -> dict:
-        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
-            raise ValueError(f"expected an HxWx3 BGR uint8 image, got {getattr(image_bgr, 'shape', type(image_bgr))}")
-        if self.input_format == "RGB":
-            image_bgr = image_bgr[:, :, ::-1]
-        h, w = image_bgr.shape[:2]
-        image = torch.as_tensor(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)))
+        return self.predict_batch([image_bgr])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images_bgr: list) -> list[dict]:
+        """Several BGR images (sizes may differ) through the model in one forward; one output each."""
+        inputs = []
+        for image_bgr in images_bgr:
+            if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+                raise ValueError(f"expected an HxWx3 BGR uint8 image, got {getattr(image_bgr, 'shape', type(image_bgr))}")
+            if self.input_format == "RGB":
+                image_bgr = image_bgr[:, :, ::-1]
+            h, w = image_bgr.shape[:2]
+            image = torch.as_tensor(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)))
+            inputs.append({"image": image, "height": h, "width": w})
+        if not inputs:
+            return []
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model([{"image": image, "height": h, "width": w}])[0]
+            outs = self.model(inputs)
         finally:
             self.model.train(was_training)
-        return {"instances": {k: v.cpu() for k, v in out["instances"].items()}}
+        return [{"instances": {k: v.cpu() for k, v in out["instances"].items()}} for out in outs]
 
 
 class DefaultPredictor(ModelPredictor):
@@ -48,16 +56,14 @@ class DefaultPredictor(ModelPredictor):
     """
 
     def __init__(self, cfg):
-        from ..modeling.detector import build_model
+        from .inference import load_for_inference
 
         self.cfg = cfg.clone()
         if cfg.MODEL.WEIGHTS:  # build for the input convention the weights were trained with
             self.cfg.defrost()
             adopt_weight_conventions(self.cfg, cfg.MODEL.WEIGHTS)
             self.cfg.freeze()
-        model = build_model(self.cfg).to(resolve_device(cfg)).eval()
-        if cfg.MODEL.WEIGHTS:
-            load_model_weights(model, cfg.MODEL.WEIGHTS)
+        model = load_for_inference(self.cfg)  # in TEST.PRECISION (modeling/precision.py)
         super().__init__(model, self.cfg.INPUT.FORMAT, self._class_names(cfg))
 
     @staticmethod

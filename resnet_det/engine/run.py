@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 
-from ..checkpoint import load_model_weights
 from ..utils import comm
 from ..utils.errors import ConfigError
 from ..utils.events import MetricsWriter
@@ -17,19 +16,17 @@ def run_detection(cfg, args, trainer_cls) -> dict:
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
             raise ConfigError("--eval-only needs MODEL.WEIGHTS path/to/model.pth (a trained checkpoint)")
-        model = trainer_cls.build_model(cfg)
-        from .trainer import resolve_device
+        from .inference import load_for_inference
 
-        model.to(resolve_device(cfg))
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
+        model = load_for_inference(cfg, build=trainer_cls.build_model)  # in TEST.PRECISION
         results = trainer_cls.test(cfg, model)
-        record_eval_only(cfg, results)
+        record_eval_only(cfg, results, **({"precision": cfg.TEST.PRECISION} if cfg.TEST.PRECISION != "fp32" else {}))
         return results
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     if comm.is_main_process() and not trainer.interrupted:
-        draw_outputs(cfg, trainer.model, results)
+        draw_outputs(cfg, trainer.eval_model, results)  # the weights evaluated (the EMA's when on)
     return results
 
 

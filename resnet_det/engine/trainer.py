@@ -7,6 +7,7 @@ import math
 import signal
 import threading
 import time
+import weakref
 
 import torch
 from torch import nn
@@ -14,8 +15,9 @@ from torch import nn
 from ..checkpoint import (META_KEYS, Checkpointer, check_resumed_conventions, load_model_weights,
                           run_conventions)
 from ..utils import comm
-from ..utils.events import MetricsWriter, ProgressPrinter
+from ..utils.events import MetricsWriter
 from .defaults import configure_backends
+from .hooks import EMAHook, EvalHook, HookBase, PeriodicCheckpointer, PeriodicWriter, build_ema
 from .meter import DeviceMeter
 from .solver import build_lr_scheduler, build_optimizer
 
@@ -47,7 +49,13 @@ def higher_is_better(metric: str) -> bool:
 
 class Trainer:
     """Builds model, optimizer, schedule and data from the config; trains with checkpoints, logs,
-    periodic evaluation, best-model keeping and clean interruption."""
+    periodic evaluation, best-model keeping, weights EMA and clean interruption, the periodic jobs
+    being hooks (engine/hooks.py: build_hooks; add your own with register_hooks).
+
+    What hooks read: ``iter`` (the current iteration), ``start_iter``, ``max_iter``, ``model``,
+    ``optimizer``, ``scheduler``, ``ema`` (None unless MODEL_EMA.ENABLED), ``eval_model``,
+    ``writer`` (the MetricsWriter; None on ranks other than 0), ``meter``, ``results`` (the latest
+    evaluation), ``finished`` / ``stopped_at`` (in after_train: completed, or interrupted there)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -60,9 +68,14 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
         self.model = model
+        self.ema = build_ema(cfg, model)
         self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, meta=self.weights_meta(cfg),
-                                         optimizer=self.optimizer, scheduler=self.scheduler)
+                                         optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema)
         self.start_iter, self.max_iter = 0, cfg.SOLVER.MAX_ITER
+        self.iter = 0
+        self.writer = self.meter = None
+        self.results: dict = {}
+        self.finished, self.stopped_at = False, None
         self.best: float | None = None
         self.nonfinite_skipped = 0
         self._stop = threading.Event()
@@ -72,6 +85,8 @@ class Trainer:
             logger.warning("SOLVER.AMP.ENABLED applies on CUDA only: on %s the model trains in float32",
                            self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self._hooks: list[HookBase] = []
+        self.register_hooks(self.build_hooks())
 
     # ---- what to train: override these -------------------------------------------------------
     @classmethod
@@ -126,52 +141,77 @@ class Trainer:
         """MODEL.WEIGHTS for a fresh run (override for models with their own name mapping)."""
         load_model_weights(self.model, path)
 
-    def save(self, name: str, iteration: int) -> None:
+    def save(self, name: str, iteration: int) -> str | None:
+        """Write OUTPUT_DIR/<name>.pth (rank 0 only; returns its path, else None)."""
         if comm.is_main_process():
-            self.checkpointer.save(name, iteration=iteration, best=self.best,
-                                   nonfinite_skipped=self.nonfinite_skipped)
+            return self.checkpointer.save(name, iteration=iteration, best=self.best,
+                                          nonfinite_skipped=self.nonfinite_skipped)
+        return None
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def build_hooks(self) -> list[HookBase | None]:
+        """The built-in periodic jobs, in the order they run after each step (override to change them)."""
+        cfg = self.cfg
+        return [EMAHook() if self.ema is not None else None,  # first: checkpoints and evaluation see it
+                PeriodicWriter(cfg.LOG_PERIOD),
+                PeriodicCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP),
+                EvalHook(cfg.TEST.EVAL_PERIOD)]
+
+    def register_hooks(self, hooks) -> None:
+        """Append hooks (HookBase instances; None entries are skipped); they run after those already
+        registered. Each gets ``hook.trainer`` (a weak proxy: no reference cycle)."""
+        for h in hooks:
+            if h is None:
+                continue
+            if not isinstance(h, HookBase):
+                raise TypeError(f"register_hooks takes HookBase instances, got {type(h).__name__}")
+            h.trainer = weakref.proxy(self)
+            self._hooks.append(h)
+
+    @property
+    def hooks(self) -> list[HookBase]:
+        return list(self._hooks)
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> dict:
+        """Run iterations start_iter .. max_iter - 1 with the hooks; returns the latest evaluation."""
         cfg = self.cfg
-        writer = MetricsWriter(cfg.OUTPUT_DIR) if comm.is_main_process() else None
-        printer = ProgressPrinter(self.max_iter, self.start_iter)
+        self.writer = MetricsWriter(cfg.OUTPUT_DIR) if comm.is_main_process() else None
+        self.meter = DeviceMeter()  # loss averages stay on the device until a log step: no per-step sync
+        self.results, self.finished, self.stopped_at = {}, False, None
+        self.iter = self.start_iter
+        # Only hooks that define a per-step method are called per step.
+        before = [h for h in self._hooks if h.overrides("before_step")]
+        after = [h for h in self._hooks if h.overrides("after_step")]
         restore = self._install_signal_handlers()
         logger.info("Starting training from iteration %d to %d", self.start_iter, self.max_iter)
-        results: dict = {}
-        data = iter(self.build_train_loader(cfg, start_iter=self.start_iter))
-        meter = DeviceMeter()  # loss averages stay on the device until a log step: no per-step sync
-        self.model.train()
         try:
-            it = self.start_iter - 1
-            for it in range(self.start_iter, self.max_iter):
-                self.run_step(it, data, meter)
-                last = it == self.max_iter - 1
-                if writer and ((it + 1) % cfg.LOG_PERIOD == 0 or last or self._stop.is_set()):
-                    metrics = meter.averages()
-                    metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-                    metrics["nonfinite_skipped"] = self.nonfinite_skipped
-                    metrics["skipped_images"] = self.skipped_images()
-                    writer.write(it, metrics)
-                    printer.log(it, metrics)
+            for h in self._hooks:
+                h.before_train()
+            data = iter(self.build_train_loader(cfg, start_iter=self.start_iter))
+            self.model.train()
+            for self.iter in range(self.start_iter, self.max_iter):
+                for h in before:
+                    h.before_step()
+                self.run_step(self.iter, data, self.meter)
+                for h in after:
+                    h.after_step()
                 if self._stop.is_set():
-                    self.save(f"model_{it:07d}", it)
-                    logger.warning("Interrupted at iteration %d: checkpoint written; continue with --resume", it)
-                    return results
-                if (it + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 and not last:
-                    self.save(f"model_{it:07d}", it)
-                if cfg.TEST.EVAL_PERIOD > 0 and (it + 1) % cfg.TEST.EVAL_PERIOD == 0 and not last:
-                    results = self.evaluate_and_track(it, writer)
-            if self.max_iter > self.start_iter:
-                self.check_ranks_in_sync()
-                self.save("model_final", self.max_iter - 1)
-            if cfg.DATASETS.TEST:
-                results = self.evaluate_and_track(self.max_iter - 1, writer)
+                    self.stopped_at = self.iter
+                    break
+            else:
+                if self.max_iter > self.start_iter:
+                    self.check_ranks_in_sync()
+                self.finished = True
         finally:
-            restore()
-            if writer:
-                writer.close()
-        return results
+            try:
+                for h in self._hooks:  # also after an exception, as detectron2's (they check `finished`)
+                    h.after_train()
+            finally:
+                restore()
+                if self.writer:
+                    self.writer.close()
+        return self.results
 
     def run_step(self, it: int, data, meter: DeviceMeter) -> None:
         t0 = time.perf_counter()
@@ -272,8 +312,16 @@ class Trainer:
             results = next(iter(results.values()))
         return results
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights evaluated (and drawn): the EMA's when MODEL_EMA.ENABLED, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate_and_track(self, it: int, writer) -> dict:
-        results = self.test(self.cfg, self.model)
+        if self.ema is not None:
+            logger.info("Evaluating the EMA weights (MODEL_EMA.ENABLED, decay %g, %d updates)",
+                        self.cfg.MODEL_EMA.DECAY, int(self.ema.n_averaged))
+        results = self.test(self.cfg, self.eval_model)
         self.model.train()
         if not comm.is_main_process():
             return results

@@ -27,7 +27,8 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str | None = None) -> Da
     if output_dir is None and cfg is not None:
         output_dir = cfg.OUTPUT_DIR
     if kind == "coco":
-        return COCOEvaluator.from_dataset(dataset_name, output_dir=output_dir)
+        impl = cfg.TEST.COCO_EVAL_IMPL if cfg is not None else "auto"
+        return COCOEvaluator.from_dataset(dataset_name, output_dir=output_dir, impl=impl)
     if kind == "voc":
         return PascalVOCDetectionEvaluator.from_dataset(dataset_name)
     if kind == "classification":

@@ -2,6 +2,11 @@
 
 The numbers are pycocotools' own: this module only converts predictions to the COCO result format and
 reads COCOeval's arrays, so they match a direct pycocotools run on the same ground-truth and result json.
+At COCO-val scale (5,000 images, ~500k detections) pycocotools' Python loops take minutes; the
+``faster-coco-eval`` package (a C++ COCOeval, detectron2's COCOeval_opt lineage) gives the same 12 stats
+and precision array (tests/test_coco_eval_impl.py: within 1e-4) several times faster
+(benchmarks/RESULTS.md, "COCO evaluation at scale"). ``run_coco_eval`` runs whichever
+TEST.COCO_EVAL_IMPL picks ("auto": faster-coco-eval when it is installed, pycocotools otherwise).
 """
 from __future__ import annotations
 
@@ -20,22 +25,88 @@ from pycocotools.cocoeval import COCOeval
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.coco import dataset_dicts_to_coco
 from ..utils.comm import gather_to_main
-from ..utils.errors import MissingFileError
+from ..utils.errors import ConfigError, MissingFileError
 from .evaluator import DatasetEvaluator, format_table, unique_images
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCOEvaluator", "instances_to_coco_results"]
+__all__ = ["COCOEvaluator", "instances_to_coco_results", "run_coco_eval", "resolve_coco_eval_impl",
+           "COCO_EVAL_IMPLS", "quiet_pycocotools"]
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
 
 
-def _quiet(fn, *args):
+def quiet_pycocotools(fn, *args):
     """Call a pycocotools function with its progress prints captured; returns (result, printed text)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         out = fn(*args)
     return out, buf.getvalue()
+
+
+COCO_EVAL_IMPLS = ("auto", "pycocotools", "faster_coco_eval")
+
+
+def _faster_coco_eval_available() -> bool:
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_coco_eval_impl(impl: str = "auto") -> str:
+    """"pycocotools" or "faster_coco_eval" for a TEST.COCO_EVAL_IMPL value ("auto": the fast one when
+    installed). Asking for faster_coco_eval without the package is a ConfigError that says how to get it."""
+    if impl not in COCO_EVAL_IMPLS:
+        raise ConfigError(f"TEST.COCO_EVAL_IMPL={impl!r}: expected one of {', '.join(COCO_EVAL_IMPLS)}")
+    if impl == "auto":
+        return "faster_coco_eval" if _faster_coco_eval_available() else "pycocotools"
+    if impl == "faster_coco_eval" and not _faster_coco_eval_available():
+        raise ConfigError("TEST.COCO_EVAL_IMPL=faster_coco_eval but the faster-coco-eval package is not installed: "
+                          "pip install faster-coco-eval (or pip install -e .[fast-eval]), or set "
+                          "TEST.COCO_EVAL_IMPL auto / pycocotools")
+    return impl
+
+
+def _empty_results(coco_gt, coco_cls):
+    """The result set pycocotools' loadRes would build from an empty list (which it cannot take)."""
+    coco_dt = coco_cls()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                       "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+    quiet_pycocotools(coco_dt.createIndex)
+    return coco_dt
+
+
+def run_coco_eval(coco_gt: COCO, results: list[dict], img_ids: list[int] | None = None, iou_type: str = "bbox",
+                  impl: str = "auto"):
+    """COCOeval of ``results`` (COCO result records; not modified) against ``coco_gt`` on ``img_ids``
+    (default: all), with evaluate, accumulate and summarize done and their prints captured.
+
+    Returns ``(coco_eval, summary_text)``; ``coco_eval.stats`` (12 values) and ``coco_eval.eval["precision"]``
+    ([T, R, K, A, M]) read the same for both implementations. ``impl``: a TEST.COCO_EVAL_IMPL value.
+    """
+    impl = resolve_coco_eval_impl(impl)
+    if impl == "faster_coco_eval":
+        from faster_coco_eval import COCO as FastCOCO
+        from faster_coco_eval import COCOeval_faster
+
+        gt = FastCOCO()
+        gt.dataset = coco_gt.dataset
+        quiet_pycocotools(gt.createIndex)
+        coco_cls, make_eval = FastCOCO, lambda g, d: COCOeval_faster(g, d, iou_type, print_function=print)
+    else:
+        gt, coco_cls, make_eval = coco_gt, COCO, lambda g, d: COCOeval(g, d, iou_type)
+    # loadRes adds keys to the records it is given; keep the caller's (and the json) as written.
+    coco_dt = quiet_pycocotools(gt.loadRes, copy.deepcopy(results))[0] if results else _empty_results(gt, coco_cls)
+    coco_eval = make_eval(gt, coco_dt)
+    if img_ids is not None:
+        coco_eval.params.imgIds = list(img_ids)
+    quiet_pycocotools(coco_eval.evaluate)
+    quiet_pycocotools(coco_eval.accumulate)
+    _, summary = quiet_pycocotools(coco_eval.summarize)
+    coco_eval.stats = np.asarray(coco_eval.stats[:12], dtype=np.float64)  # faster-coco-eval may add extras
+    return coco_eval, summary
 
 
 def instances_to_coco_results(instances: dict, image_id: int, contiguous_to_dataset: dict) -> list[dict]:
@@ -68,6 +139,8 @@ class COCOEvaluator(DatasetEvaluator):
             increasing id -> 0..K-1 (how resnet_det.data reads a COCO json).
         output_dir: where ``inference/coco_instances_results.json`` is written (None: nothing is written).
         distributed: gather predictions from all ranks to rank 0 when a process group is initialised.
+        impl: which COCOeval computes the numbers (TEST.COCO_EVAL_IMPL: "auto", "pycocotools",
+            "faster_coco_eval"); the choice is logged.
 
     What pycocotools decides, this class keeps: crowd boxes never count as misses and detections on
     them are ignored; a category without ground truth gets AP NaN (shown as nan, left out of the mean);
@@ -80,9 +153,11 @@ class COCOEvaluator(DatasetEvaluator):
 
     def __init__(self, ground_truth: str | os.PathLike | COCO | list[dict], thing_classes: list[str] | None = None,
                  thing_dataset_id_to_contiguous_id: dict | None = None, output_dir: str | None = None,
-                 distributed: bool = True):
+                 distributed: bool = True, impl: str = "auto"):
         self._output_dir = output_dir
         self._distributed = distributed
+        self._impl = resolve_coco_eval_impl(impl)
+        logger.info("COCOEvaluator: COCOeval from %s (TEST.COCO_EVAL_IMPL=%s)", self._impl, impl)
         if isinstance(ground_truth, list):
             if thing_classes is None:
                 raise ValueError("COCOEvaluator: thing_classes are required when the ground truth is a "
@@ -96,7 +171,7 @@ class COCOEvaluator(DatasetEvaluator):
                 logger.info("wrote the ground truth in COCO format to %s", path)
             self._coco = COCO()
             self._coco.dataset = gt_dict
-            _quiet(self._coco.createIndex)
+            quiet_pycocotools(self._coco.createIndex)
             # Whichever converter wrote the json, map its category ids back through the class names.
             thing_dataset_id_to_contiguous_id = {c["id"]: thing_classes.index(c["name"])
                                                  for c in gt_dict["categories"]}
@@ -106,7 +181,7 @@ class COCOEvaluator(DatasetEvaluator):
             path = os.fspath(ground_truth)
             if not os.path.isfile(path):
                 raise MissingFileError(f"COCOEvaluator: ground-truth json {path!r} does not exist")
-            self._coco, _ = _quiet(COCO, path)
+            self._coco, _ = quiet_pycocotools(COCO, path)
 
         cats = sorted(self._coco.loadCats(self._coco.getCatIds()), key=lambda c: c["id"])
         if thing_dataset_id_to_contiguous_id is None:
@@ -182,22 +257,10 @@ class COCOEvaluator(DatasetEvaluator):
         return {"bbox": self._evaluate_bbox(results, sorted(img_ids))}
 
     def _evaluate_bbox(self, results: list[dict], img_ids: list[int]) -> dict:
-        if results:
-            # loadRes adds keys to the records it is given; keep ours (and the json) as written.
-            coco_dt, _ = _quiet(self._coco.loadRes, copy.deepcopy(results))
-        else:
+        if not results:
             logger.warning("COCOEvaluator: no detections at all; every AP is 0 (NaN where there is no "
                            "ground truth). Is MODEL.ROI_HEADS.SCORE_THRESH_TEST too high?")
-            # loadRes cannot take an empty list; an empty result set is what it would have built.
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": list(self._coco.dataset["images"]), "annotations": [],
-                               "categories": copy.deepcopy(self._coco.dataset["categories"])}
-            _quiet(coco_dt.createIndex)
-        coco_eval = COCOeval(self._coco, coco_dt, "bbox")
-        coco_eval.params.imgIds = img_ids
-        _quiet(coco_eval.evaluate)
-        _quiet(coco_eval.accumulate)
-        _, summary = _quiet(coco_eval.summarize)
+        coco_eval, summary = run_coco_eval(self._coco, results, img_ids, "bbox", self._impl)
         logger.info("COCOeval summary:\n%s", summary.rstrip())
 
         # pycocotools writes -1 for "no ground truth in this area range": NaN, so it cannot pass for 0.
@@ -206,7 +269,7 @@ class COCOEvaluator(DatasetEvaluator):
         metrics.update(self._per_category_ap(coco_eval))
         return metrics
 
-    def _per_category_ap(self, coco_eval: COCOeval) -> dict:
+    def _per_category_ap(self, coco_eval) -> dict:
         """AP@[.5:.95] per class from COCOeval's precision array [T, R, K, A, M] (all areas, 100 dets)."""
         precision = coco_eval.eval["precision"]
         cat_ids = coco_eval.params.catIds  # K axis order

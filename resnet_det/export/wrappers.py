@@ -31,6 +31,10 @@ def build_eager_model(cfg) -> nn.Module:
     (a sibling import: classification never imports export). Their weights must fill the net
     exactly, and a per-pixel mean image comes from the checkpoint's meta.
     """
+    if cfg.TEST.PRECISION != "fp32":
+        raise ConfigError(f"TEST.PRECISION={cfg.TEST.PRECISION!r}: export writes the float32 model (TorchScript/ONNX "
+                          "have no twin of the bf16/int8 CPU kernels here); set TEST.PRECISION fp32 and MODEL.WEIGHTS "
+                          "the float weights (a calibrated INT8 checkpoint is refused too)")
     if model_type_of(cfg) == "detector":
         from ..checkpoint import load_model_weights
         from ..modeling.detector import build_model

@@ -27,7 +27,7 @@ from .backbone.cifar import CifarResNet
 from .backbone.resnet import ResNet
 from .weight_cache import WeightCache, must_recompute, tracing
 
-__all__ = ["fuse_conv_bn_relu", "unfuse_conv_bn_relu", "FoldedConv2d", "FusedBottleneck", "FusedBasicBlock"]
+__all__ = ["fuse_conv_bn_relu", "unfuse_conv_bn_relu", "materialize_folds", "FoldedConv2d", "FusedBottleneck", "FusedBasicBlock"]
 
 
 def _norm_is_folded(norm: nn.Module) -> bool:
@@ -313,3 +313,26 @@ def unfuse_conv_bn_relu(module: nn.Module) -> int:
         elif isinstance(m, _FusedBlockMixin):
             m.__class__ = next(base for base, fused in _FUSED_BLOCK.items() if isinstance(m, fused))
     return count
+
+
+def materialize_folds(module: nn.Module) -> int:
+    """Fold for good, for reduced-precision inference (modeling/precision.py): every conv + norm pair
+    that `fuse_conv_bn_relu` folds becomes a plain nn.Conv2d holding the folded float32 weights and
+    bias, and the norm an nn.Identity, so a cast to bf16 or a quantizer sees one conv with the whole
+    affine map (folding after the cast would round twice; torch.ao's fuser does not know FrozenBN).
+    The fused blocks then run their own forward. The function is unchanged but the norms' state_dict
+    entries are gone: load weights first. Returns the number of pairs folded."""
+    unfuse_conv_bn_relu(module)
+    pairs = list(_conv_norm_pairs(module))
+    for parent, conv_name, norm_name, conv, norm in pairs:
+        with torch.no_grad():
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                norm.eps, norm.weight, norm.bias)
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                        device=conv.weight.device, dtype=conv.weight.dtype)
+        new.weight, new.bias = (nn.Parameter(t.detach().clone(), requires_grad=False) for t in (weight, bias))
+        new.train(conv.training)
+        setattr(parent, conv_name, new)
+        setattr(parent, norm_name, nn.Identity())
+    return len(pairs)

@@ -19,7 +19,7 @@ import torchvision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VERIFIED_VERSIONS", "private_internals_ok"]
+__all__ = ["VERIFIED_VERSIONS", "cpu_has_native_bf16", "private_internals_ok"]
 
 VERIFIED_VERSIONS = {"torch": ((2, 5), (2, 14)), "torchvision": ((0, 20), (0, 29))}
 _PRIVATE_NAMES = {"torchvision.ops.poolers": ("_filter_input", "_setup_scales", "_multiscale_roi_align",
@@ -62,3 +62,27 @@ def private_internals_ok() -> bool:
                            "outputs, slower on CPU)", problem)
         _verdict = problem is None
     return _verdict
+
+
+def _lscpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.split(":", 1)[-1].split())
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix math natively (AVX512_BF16 or AMX-BF16), so TEST.PRECISION
+    bf16 is faster than float32. torch.cpu's capability checks (the ones inductor uses) decide; the
+    CPU's flags (/proc/cpuinfo, as lscpu shows them) where this PyTorch lacks them. Not
+    torch.ops.mkldnn._is_mkldnn_bf16_supported: that is true on any AVX512 CPU, where oneDNN emulates
+    bf16 (slower than float32)."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(c is not None for c in checks):
+        try:
+            return any(c() for c in checks)
+        except RuntimeError:
+            pass
+    return bool({"avx512_bf16", "amx_bf16"} & _lscpu_flags())

@@ -21,8 +21,8 @@ from .errors import DataError, MissingFileError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DrawStyle", "default_style", "label_rect", "label_layout", "draw_instances", "draw_dataset_dict",
-    "side_by_side", "image_grid", "list_images", "read_image", "visualize_images",
+    "DrawStyle", "default_style", "draw_boxes", "label_rect", "label_layout", "draw_instances", "draw_dataset_dict",
+    "side_by_side", "image_grid", "list_images", "read_image", "unique_output_path", "visualize_images",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -182,6 +182,19 @@ def _draw_boxes(img, boxes, colors, labels, style: DrawStyle, dashed: bool = Fal
     return img
 
 
+def draw_boxes(image_bgr: np.ndarray, boxes, colors: Sequence, labels: Sequence | None = None,
+               dashed: bool = False) -> np.ndarray:
+    """Boxes (XYXY, (N, 4)) in the given BGR ``colors`` with optional ``labels`` (None: no label), on a
+    copy of the image, sized like every other drawing here; ``dashed`` for boxes that mark something
+    absent (ground truth, misses)."""
+    img = _check_image(image_bgr)
+    boxes = _as_numpy(boxes, "boxes", np.float64).reshape(-1, 4)
+    labels = list(labels) if labels is not None else [None] * len(boxes)
+    if len(colors) != len(boxes) or len(labels) != len(boxes):
+        raise ValueError(f"draw_boxes: {len(boxes)} boxes, {len(colors)} colors, {len(labels)} labels")
+    return _draw_boxes(img, boxes, list(colors), labels, default_style(*img.shape[:2]), dashed=dashed)
+
+
 def draw_instances(image_bgr: np.ndarray, boxes, scores, classes, class_names: Sequence[str] | None,
                    score_thresh: float = 0.5, gt_boxes=None, gt_classes=None) -> np.ndarray:
     """Draw predictions (boxes XYXY (N,4), scores (N,) or None, classes (N,)) on a copy of the image.
@@ -338,7 +351,7 @@ def _instances_numpy(output):
             _as_numpy(get("pred_classes"), "pred_classes", np.int64))
 
 
-def _output_path(output_dir: str, src: str, used: set) -> str:
+def unique_output_path(output_dir: str, src: str, used: set) -> str:
     stem, ext = os.path.splitext(os.path.basename(src))
     ext = ext.lower() if ext.lower() in (".jpg", ".jpeg", ".png") else ".png"
     name, n = stem + ext, 1
@@ -389,7 +402,7 @@ def visualize_images(predictor, inputs: Iterable, output_dir: str, class_names: 
                              gt_boxes=gt_boxes, gt_classes=gt_classes)
         if side_by_side_gt:
             vis = side_by_side(vis, draw_dataset_dict(img, item, class_names))
-        out = _output_path(output_dir, path, used)
+        out = unique_output_path(output_dir, path, used)
         if not cv2.imwrite(out, vis):
             raise OSError(f"could not write {out!r} (is the output folder writable?)")
         written.append(out)

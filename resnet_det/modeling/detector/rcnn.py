@@ -38,10 +38,21 @@ class ResizeNormalize(GeneralizedRCNNTransform):
         i = cfg.INPUT
         self._sizes = {True: (tuple(i.MIN_SIZE_TRAIN), i.MAX_SIZE_TRAIN),
                        False: ((i.MIN_SIZE_TEST,), i.MAX_SIZE_TEST)}
+        # Large-scale jitter hands over fixed-size training images (data/augment.py): no second resize.
         super().__init__(i.MIN_SIZE_TEST, i.MAX_SIZE_TEST, list(cfg.MODEL.PIXEL_MEAN),
-                         list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible))
+                         list(cfg.MODEL.PIXEL_STD), size_divisible=max(1, size_divisible),
+                         _skip_resize="LargeScaleJitter" in i.AUGMENTATIONS)
         self.round_size = i.RESIZE_ROUNDING == "round"
+        self.size_range = i.MIN_SIZE_TRAIN_SAMPLING == "range"
         self.train(False)
+
+    def torch_choice(self, k):
+        """The training short side: one of MIN_SIZE_TRAIN (torchvision's torch_choice, detectron2's
+        "choice"), or with MIN_SIZE_TRAIN_SAMPLING "range" any integer in [min, max] (detectron2's
+        np.random.randint(min, max + 1)); drawn from torch's generator either way."""
+        if self.training and self.size_range:
+            return int(torch.randint(int(k[0]), int(k[-1]) + 1, (1,)).item())
+        return super().torch_choice(k)
 
     def resize(self, image: torch.Tensor, target=None):
         if not self.round_size or torch.jit.is_tracing() or (self.training and self._skip_resize):
@@ -93,6 +104,17 @@ def inputs_to_device(batched_inputs: list[dict], device: torch.device, with_targ
     return images, targets
 
 
+def output_size(batched_input: dict, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) the detections of one input dict are returned in: its "height" / "width" where
+    given (detectron2's input contract: the original image's size when the image was resized before the
+    model), else the size of its image."""
+    h, w = batched_input.get("height", image_size[0]), batched_input.get("width", image_size[1])
+    h, w = int(h), int(w)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"input dict with height={h}, width={w}: the output resolution must be positive")
+    return h, w
+
+
 class FasterRCNN(GeneralizedRCNN):
     """Faster R-CNN whose `forward` takes resnet_det's input dicts (docs/CONTRACTS.md).
 
@@ -122,9 +144,13 @@ class FasterRCNN(GeneralizedRCNN):
         detections, detector_losses = self.roi_heads(roi_in, proposals, images.image_sizes, targets)
         if self.training:
             return {**detector_losses, **proposal_losses}
-        detections = self.transform.postprocess(detections, images.image_sizes, original_sizes)
-        if self.drop_empty:
-            detections = drop_empty_in_original(detections, original_sizes)
+        # detectron2's contract: "height" / "width" are the resolution the outputs are wanted in (its data
+        # mapper resizes before the model). Boxes go from the resized frame straight to it, x and y scaled
+        # separately, then clipped and emptied ones dropped as detector_postprocess does.
+        output_sizes = [output_size(d, s) for d, s in zip(batched_inputs, original_sizes)]
+        detections = self.transform.postprocess(detections, images.image_sizes, output_sizes)
+        if self.drop_empty or output_sizes != original_sizes:
+            detections = drop_empty_in_original(detections, output_sizes)
         return [{"instances": {"boxes": d["boxes"], "scores": d["scores"],
                                "pred_classes": d["labels"] - 1}} for d in detections]
 
