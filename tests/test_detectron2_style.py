@@ -16,6 +16,7 @@ from resnet_det.config import get_cfg
 from resnet_det.modeling.detector import build_model
 from resnet_det.modeling.detector.detectron2_style import (StridedAnchorGenerator, detectron2_resized_size,
                                                            drop_empty_in_original)
+from resnet_det.modeling.detector.heads import FastRCNNPredictor
 from resnet_det.modeling.detector.pooling import Detectron2LevelMapper, FastMultiScaleRoIAlign
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,34 +136,40 @@ def test_roialignv2_is_roi_align_with_aligned_true(gather):
         torch.testing.assert_close(out[i:i + 1], ref, rtol=1e-5, atol=1e-6)
 
 
-def test_predictor_conversion_keeps_every_probability_and_box():
-    """detectron2 (fast_rcnn.py): K+1 logits with background last, K x 4 deltas. Ours: background first,
-    (K+1) x 4 deltas. Converted, the same input gives the same probability for every class and the
-    same box deltas; converted back, the same tensors."""
-    k, g = 5, torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("k,agnostic", [(5, False), (1, False), (5, True), (1, True)])
+def test_predictor_conversion_keeps_every_probability_and_box(k, agnostic):
+    """detectron2 (fast_rcnn.py): K+1 logits with background last, K x 4 deltas (4 when class-agnostic).
+    Ours: background first, (K+1) x 4 deltas (4 when class-agnostic). Converted, our predictor module
+    given the same input gives the same probability for every class and the same box deltas for every
+    class; converted back, the same tensors. One class, class-aware: 4 rows in detectron2, like a
+    class-agnostic head, told apart by the config (CLS_AGNOSTIC_BBOX_REG), not by the rows."""
+    g = torch.Generator().manual_seed(0)
+    rows = 4 if agnostic else 4 * k
     d2 = {"roi_heads.box_predictor.cls_score.weight": torch.randn(k + 1, 8, generator=g),
           "roi_heads.box_predictor.cls_score.bias": torch.randn(k + 1, generator=g),
-          "roi_heads.box_predictor.bbox_pred.weight": torch.randn(4 * k, 8, generator=g),
-          "roi_heads.box_predictor.bbox_pred.bias": torch.randn(4 * k, generator=g)}
-    ours, _ = convert_heads(d2, "detectron2", "resnet_det")
+          "roi_heads.box_predictor.bbox_pred.weight": torch.randn(rows, 8, generator=g),
+          "roi_heads.box_predictor.bbox_pred.bias": torch.randn(rows, generator=g)}
+    ours, _ = convert_heads(d2, "detectron2", "resnet_det", cls_agnostic=agnostic)
+    predictor = FastRCNNPredictor(8, k + 1, agnostic)
+    prefix = "roi_heads.box_predictor."
+    predictor.load_state_dict({n[len(prefix):]: v for n, v in ours.items()}, strict=True)
     x = torch.randn(3, 8, generator=g)
-
-    def head(sd):
-        w = "roi_heads.box_predictor."
-        return (torch.softmax(x @ sd[w + "cls_score.weight"].T + sd[w + "cls_score.bias"], 1),
-                x @ sd[w + "bbox_pred.weight"].T + sd[w + "bbox_pred.bias"])
-
-    (p_d2, box_d2), (p_ours, box_ours) = head(d2), head(ours)
-    torch.testing.assert_close(p_ours, torch.cat([p_d2[:, -1:], p_d2[:, :-1]], 1))
-    assert torch.equal(box_ours[:, 4:], box_d2) and not box_ours[:, :4].any()
-    back, _ = convert_heads(ours, "resnet_det", "detectron2")
-    assert all(torch.equal(back[n], d2[n]) for n in d2)
+    p_d2 = torch.softmax(x @ d2[prefix + "cls_score.weight"].T + d2[prefix + "cls_score.bias"], 1)
+    box_d2 = x @ d2[prefix + "bbox_pred.weight"].T + d2[prefix + "bbox_pred.bias"]
+    with torch.no_grad():
+        logits, box_ours = predictor(x)
+    torch.testing.assert_close(torch.softmax(logits, 1), torch.cat([p_d2[:, -1:], p_d2[:, :-1]], 1))
+    for c in range(k):  # detectron2's class c is our class c + 1
+        ref = box_d2[:, :4] if agnostic else box_d2[:, 4 * c:4 * c + 4]
+        torch.testing.assert_close(box_ours[:, 4 * (c + 1):4 * (c + 2)], ref, rtol=1e-6, atol=1e-6)
+    back, _ = convert_heads(ours, "resnet_det", "detectron2", cls_agnostic=agnostic)
+    assert back.keys() == d2.keys() and all(torch.equal(back[n], d2[n]) for n in d2)
 
 
 @pytest.mark.parametrize("base", ["Base-RCNN-C4.yaml", "Base-RCNN-FPN.yaml"])
 def test_detectron2_style_detectors_train(base):
-    """The switches are test-time semantics; training on them (anchors, aligned RoIAlign backward,
-    proposal selection) runs with torchvision's losses."""
+    """Training on the switches (anchors, aligned RoIAlign backward, proposal selection) runs, with the
+    zoo configs' detectron2 losses (tests/test_detectron2_training.py compares them with detectron2's)."""
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(ROOT, "configs", "detectron2_zoo", base))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.ROI_HEADS.NUM_CLASSES", 3,

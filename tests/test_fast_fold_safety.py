@@ -115,6 +115,12 @@ def test_only_known_layouts_fold():
 
 
 # ---- the fold cache sees edits that bypass the version counters ----------------------------------
+def memory_order(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor's elements in the order they lie in memory (NCHW or channels-last)."""
+    assert t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+    return t.as_strided((t.numel(),), (1,))
+
+
 def test_fold_cache_sees_edits_through_data():
     for fused_blocks in (False, True):
         fast, plain = net(18, norm="BN").eval(), net(18, norm="BN").eval()
@@ -135,6 +141,17 @@ def test_fold_cache_sees_edits_through_data():
             for m in (fast, plain):
                 m.layer4[1].conv2.weight.data.zero_()
             torch.testing.assert_close(fast(inp), plain(inp), rtol=1e-4, atol=1e-4)
+        # One element at a time, last and middle in memory order: a check that reads only the first
+        # bytes (or the ends) of a tensor misses these.
+        for where in ("last", "middle"):
+            with torch.no_grad():
+                for tensor_of in (lambda m: m.layer2[1].conv1.weight, lambda m: m.layer3[0].bn1.running_var,
+                                  lambda m: m.layer1[1].conv2.weight):
+                    for m in (fast, plain):
+                        flat = memory_order(tensor_of(m).data)
+                        flat[-1 if where == "last" else flat.numel() // 2] += 3.0
+                    torch.testing.assert_close(fast(inp), plain(inp), rtol=1e-4, atol=1e-4,
+                                               msg=f"fused blocks {fused_blocks}, {where} element")
 
 
 # ---- replacing a folded pair's modules must not apply a norm twice (or drop one) -----------------

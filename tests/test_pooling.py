@@ -138,3 +138,7 @@ def test_fc_head_cache_sees_edits_through_data():
                 m.fc6.weight.data.mul_(-0.5)  # .data: no version counter bump
                 m.fc6.weight.data[:, :7] = 0.25
             torch.testing.assert_close(head(nhwc), oracle(x), **TOL)
+            for i in (-1, head.fc6.weight.numel() // 2):  # the last and a middle element only
+                for m in (head, oracle):
+                    m.fc6.weight.data.view(-1)[i] += 3.0
+                torch.testing.assert_close(head(nhwc), oracle(x), **TOL)
