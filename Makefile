@@ -23,9 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 --durations=15 tests
 
-# Opt-in long checks (not in CI): the pretraining hand-off comparison, ~8 minutes on 2 cores.
+# Opt-in long checks (not in CI): the pretraining hand-off comparison, ~8 minutes on 2 cores; detectron2's R50-C4
+# with height/width (~30 s).
 test-slow: $(STAMP)
-	RESNET_DET_SLOW=1 $(VPY) -m pytest -q -rs tests/projects/test_handoff_study.py
+	RESNET_DET_SLOW=1 $(VPY) -m pytest -q -rs tests/projects/test_handoff_study.py \
+		"tests/test_detectron2_outputs.py::test_c4_zoo_checkpoint_with_height_width_gives_detectron2s_rescaled_detections"
 
 bench: $(STAMP)
 	$(VPY) tools/benchmark.py --output benchmarks/results_cpu

@@ -108,8 +108,9 @@ def output_size(batched_input: dict, image_size: tuple[int, int]) -> tuple[int, 
     """(height, width) the detections of one input dict are returned in: its "height" / "width" where
     given (detectron2's input contract: the original image's size when the image was resized before the
     model), else the size of its image."""
-    h, w = batched_input.get("height", image_size[0]), batched_input.get("width", image_size[1])
-    h, w = int(h), int(w)
+    if "height" not in batched_input and "width" not in batched_input:
+        return image_size  # as it is: traced / exported sizes stay symbolic
+    h, w = int(batched_input.get("height", image_size[0])), int(batched_input.get("width", image_size[1]))
     if h <= 0 or w <= 0:
         raise ValueError(f"input dict with height={h}, width={w}: the output resolution must be positive")
     return h, w
