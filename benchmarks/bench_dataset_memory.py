@@ -8,7 +8,10 @@ growth measured is the dicts' own. After pass 1 and after pass 2 over the set, e
 its private memory (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup); the growth per pass is
 what the pages the workers touched cost them. Linux only.
 
-    python benchmarks/bench_dataset_memory.py [--images 118287] [--boxes 860001] [--workers 2]
+It also states the store's size and build time for ImageNet-train-sized classification dicts
+(1,281,167 ``{file_name, image_id, label}``; ``--imagenet-images 0`` skips that).
+
+    python benchmarks/bench_dataset_memory.py [--images 118287] [--boxes 860001] [--workers 2] [--imagenet-images N]
 """
 import argparse
 import gc
@@ -91,6 +94,7 @@ def main():
     ap.add_argument("--images", type=int, default=118287)
     ap.add_argument("--boxes", type=int, default=860001)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--imagenet-images", type=int, default=1281167)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -113,6 +117,14 @@ def main():
                         "growth1": max(b - a for a, b in zip(mem[0], mem[1])),
                         "growth2": max(b - a for a, b in zip(mem[1], mem[2])), "pass_s": rows[2]["seconds"]})
 
+    if args.imagenet_images:
+        cls = [{"file_name": f"/datasets/imagenet/train/n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG", "image_id": i,
+                "label": i % 1000} for i in range(args.imagenet_images)]
+        t0 = time.perf_counter()
+        cls_store = SerializedList(cls)
+        print(f"ImageNet-sized store: {len(cls_store)} dicts, {cls_store.nbytes / 2**20:.1f} MiB, built in "
+              f"{time.perf_counter() - t0:.2f} s")
+        del cls, cls_store
     info = machine_info(torch.device("cpu"))
     print(f"\n{info['cpu']}, {info['cpu_count']} cores, load average {info.get('load_average')}; "
           f"{args.images} images, {args.boxes} boxes, {args.workers} workers; store build {build_s:.2f} s "

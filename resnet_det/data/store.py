@@ -35,11 +35,13 @@ class SerializedList(Sequence):
             self._buffer, self._ends = items._buffer, items._ends
             return
         t0 = time.perf_counter()
-        blobs = [np.frombuffer(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8) for x in items]
-        self._ends = np.cumsum(np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs)))
-        self._buffer = np.concatenate(blobs) if blobs else np.zeros(0, np.uint8)
-        if len(blobs) > 10000:  # worth a line only at scale
-            logger.info("serialized %d dataset dicts into %.1f MiB in %.2f s", len(blobs),
+        blobs = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL) for x in items]
+        self._ends = np.cumsum(np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)))
+        # One copy into a numpy-owned array (bytes.join + frombuffer would keep a read-only view).
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8).copy()
+        del blobs  # the pickles now live in the buffer only
+        if len(self._ends) > 10000:  # worth a line only at scale
+            logger.info("serialized %d dataset dicts into %.1f MiB in %.2f s", len(self._ends),
                         self._buffer.nbytes / 2**20, time.perf_counter() - t0)
 
     def __len__(self) -> int:
