@@ -240,3 +240,17 @@ def test_crop_enabled_puts_detectron2_crop_first():
     image, boxes, labels = _rect_image(np.random.default_rng(0))
     out, _, _ = aug(image, boxes, labels, np.random.default_rng(1))
     assert tuple(out.shape) == (3, 40, 50)
+
+
+def test_crop_sizes_follow_detectron2_rules():
+    """detectron2's RandomCrop.get_crop_size (data/transforms/augmentation_impl.py) on a 100x200 image."""
+    from resnet_det.data.augment import D2RandomCrop
+
+    assert D2RandomCrop("relative", (0.5, 0.25)).crop_size(100, 200) == (50, 50)  # int(h * 0.5 + 0.5)
+    assert D2RandomCrop("absolute", (40, 500)).crop_size(100, 200) == (40, 200)  # capped at the image
+    torch.manual_seed(0)
+    rel = [D2RandomCrop("relative_range", (0.3, 0.6)).crop_size(100, 200) for _ in range(200)]
+    assert min(h for h, _ in rel) >= 30 and max(h for h, _ in rel) <= 100 and min(w for _, w in rel) >= 120
+    assert len({h for h, _ in rel}) > 20  # drawn, not fixed
+    ab = [D2RandomCrop("absolute_range", (60, 150)).crop_size(100, 200) for _ in range(200)]
+    assert {h for h, _ in ab} == set(range(60, 101)) and {w for _, w in ab} <= set(range(60, 151))
