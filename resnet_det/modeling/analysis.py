@@ -284,4 +284,7 @@ def detector_analysis(model: nn.Module, image: torch.Tensor, tasks=DETECTOR_TASK
 def detector_table_text(rows: list[dict]) -> str:
     cols = [("module", "module"), ("params", "params"), ("gflops", "GFLOPs (mult-adds)"),
             ("mactivations", "activations (M)")]
-    return format_table(rows, [c for c in cols if c[0] in rows[-1]])
+    cols = [c for c in cols if c[0] in rows[-1]]
+    # modules with nothing to count (ReLU, max pool, anchor generator, RoI pooler) would only add zero rows
+    shown = [r for r in rows[:-1] if any(r.get(k) for k, _ in cols[1:])] + rows[-1:]
+    return format_table(shown, cols)
