@@ -6,6 +6,13 @@ parameters and GFLOPs (multiply-adds of conv and fc layers, the paper's conventi
     python tools/analyze_model.py --model plain34 | --model resnet34 --shortcut C
     python tools/analyze_model.py --model cifar_resnet110 --input 32
     python tools/analyze_model.py --all      # every depth, both stride placements, vs the paper
+    python tools/analyze_model.py [--tasks parameter flop activation] \\
+        --config-file configs/frcnn_r101_fpn_coco.yaml [KEY VALUE ...]   # a whole detector, per module
+
+With --config-file, the detector the config builds is run once (eval mode, no weights needed) on a
+random image of its test size (shorter side INPUT.MIN_SIZE_TEST, 4:3, capped at INPUT.MAX_SIZE_TEST):
+parameters, multiply-adds (fvcore FlopCountAnalysis, conv + fc as for the backbone table) and output
+activations (fvcore ActivationCountAnalysis) per backbone stage, FPN, RPN and RoI-head part.
 
 The paper's bottleneck nets stride the first 1x1 conv (--stride-in-1x1, 3.8 GFLOPs for ResNet-50);
 torchvision strides the 3x3 (the default here, as the weights it publishes; ~4.1 GFLOPs).
@@ -16,8 +23,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from resnet_det.modeling.analysis import (build_named_model, cifar_comparison, format_table,  # noqa: E402
-                                          imagenet_comparison, model_names, stage_table_text)
+from resnet_det.engine.defaults import exit_on_user_error, setup_cfg_or_exit  # noqa: E402
+from resnet_det.modeling.analysis import (DETECTOR_TASKS, build_named_model, cifar_comparison,  # noqa: E402
+                                          format_table, imagenet_comparison, model_names, stage_table_text)
 from resnet_det.modeling.backbone.blocks import SHORTCUTS  # noqa: E402
 
 
@@ -34,7 +42,14 @@ def parse_args(argv=None):
                    help="Table 3 option (default: B for ImageNet nets, A for CIFAR nets)")
     p.add_argument("--all", action="store_true",
                    help="compare all five depths (both stride placements) and the CIFAR nets with the paper")
+    p.add_argument("--config-file", metavar="FILE", help="analyse the whole detector this config builds")
+    p.add_argument("--tasks", nargs="+", choices=DETECTOR_TASKS, default=list(DETECTOR_TASKS),
+                   help="with --config-file: which columns to compute (default: all)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                   help="with --config-file: config overrides, e.g. INPUT.MIN_SIZE_TEST 800")
     args = p.parse_args(argv)
+    if args.opts and not args.config_file:
+        p.error(f"config overrides {args.opts} need --config-file")
     if args.input is not None and args.input < 32:
         p.error(f"--input={args.input}: expected at least 32 pixels (five stride-2 steps)")
     return args
@@ -51,8 +66,25 @@ def print_all() -> None:
         ("model", "model"), ("params", "params"), ("mparams", "M params"), ("paper_mparams", "paper (M)")]))
 
 
+def analyze_detector(args) -> list:
+    from resnet_det.modeling.analysis import detector_analysis, detector_table_text, detector_test_image
+    from resnet_det.modeling.detector import build_model
+
+    args.opts = ["MODEL.DEVICE", "cpu", *args.opts]  # counting, not timing: the CPU is enough
+    cfg = setup_cfg_or_exit(args, adopt_weights=False)
+    model = build_model(cfg)
+    image = detector_test_image(cfg)
+    rows = detector_analysis(model, image, args.tasks)
+    print(f"{os.path.basename(args.config_file)}: {cfg.MODEL.BACKBONE.NAME}, ResNet-{cfg.MODEL.RESNETS.DEPTH}, "
+          f"input {image.shape[1]}x{image.shape[2]}, {cfg.MODEL.RPN.POST_NMS_TOPK_TEST} proposals")
+    print(detector_table_text(rows))
+    return rows
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.config_file:
+        return analyze_detector(args)
     if args.all:
         print_all()
         return
@@ -71,4 +103,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # user mistakes (a bad config): one paragraph, exit status 2

@@ -5,7 +5,7 @@
         [--dataset NAME] [--image-root DIR] [--iou 0.5] [--score-thresh 0.3] [--num-worst 8]
     # after tools/train_net.py --eval-only on shapes_val:
     python tools/analyze_results.py --dataset shapes_val \\
-        --results output/demo/inference/shapes_val/coco_instances_results.json --output analysis/
+        --results output/demo/inference/shapes_val/inference/coco_instances_results.json --output analysis/
 
 Writes to DIR: pr_curves.png (per-class precision-recall at IoU .5 and .75), errors.png + errors.txt/.csv
 (the COCO error breakdown C75, C50, Loc, Sim, Oth, BG, FN per class and overall, as cocoapi's analyze()
@@ -56,7 +56,7 @@ def _from_dataset(name: str):
     json_file = meta.get("json_file", None)
     if not json_file:
         raise DataError(f"--dataset {name}: it has no COCO json (metadata json_file); give --gt GT.json, e.g. "
-                        "OUTPUT_DIR/inference/<data set>/gt_coco_format.json written by --eval-only")
+                        "OUTPUT_DIR/inference/<data set>/inference/gt_coco_format.json written by --eval-only")
     return json_file, meta.get("image_root", None)
 
 

@@ -65,7 +65,7 @@ def load_gt_and_results(gt_path: str, results_path: str) -> tuple[COCO, COCO, li
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
         raise DataError(f"--results {results_path!r}: expected a list of COCO result records "
                         "{image_id, category_id, bbox [x, y, w, h], score}, as tools/train_net.py --eval-only "
-                        "writes to OUTPUT_DIR/inference/<data set>/coco_instances_results.json")
+                        "writes to OUTPUT_DIR/inference/<data set>/inference/coco_instances_results.json")
     if not results:
         raise DataError(f"--results {results_path!r} holds no detections: nothing to analyse. Was "
                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST (or --confidence-threshold) too high?")
@@ -85,7 +85,7 @@ def load_gt_and_results(gt_path: str, results_path: str) -> tuple[COCO, COCO, li
             parts.append(f"category id(s) {stray_cats[:10]} that --gt does not have (it has {sorted(cat_ids)[:10]})")
         raise DataError(f"--results {results_path!r} names {' and '.join(parts)}: it was made for another "
                         f"ground truth than --gt {gt_path!r}. Pass the json the results were evaluated against "
-                        "(tools/train_net.py --eval-only writes both under OUTPUT_DIR/inference/<data set>/)")
+                        "(tools/train_net.py --eval-only writes both under OUTPUT_DIR/inference/<data set>/inference/)")
     dt, _ = quiet_pycocotools(gt.loadRes, copy.deepcopy(results))
     return gt, dt, results
 

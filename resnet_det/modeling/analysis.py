@@ -210,3 +210,81 @@ def cifar_comparison(depths=CIFAR_DEPTHS) -> list[dict]:
         rows.append(dict(model=name, params=params, mparams=params / 1e6,
                          paper_mparams=PAPER.get(name, {}).get("mparams")))
     return rows
+
+
+# ---- whole detectors (tools/analyze_model.py --config-file) ----------------------------------------
+DETECTOR_TASKS = ("parameter", "flop", "activation")
+
+
+def detector_test_image(cfg, seed: int = 0) -> torch.Tensor:
+    """A random 0-255 image (C, H, W) of the config's test size: shorter side INPUT.MIN_SIZE_TEST and a
+    4:3 aspect (COCO's most common), the longer side capped at INPUT.MAX_SIZE_TEST. Random content gives
+    the RPN its full MODEL.RPN.POST_NMS_TOPK_TEST proposals, which the RoI head's FLOPs scale with."""
+    h = int(cfg.INPUT.MIN_SIZE_TEST)
+    w = min(int(cfg.INPUT.MAX_SIZE_TEST), int(round(h * 4 / 3)))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), generator=g).float()
+
+
+def detector_groups(model: nn.Module) -> list[str]:
+    """Module names the detector table has one row for: the backbone's stages (body children), the
+    rest of the backbone (FPN), and the RPN's and RoI heads' parts, in forward order."""
+    names = []
+    for top, module in model.named_children():
+        if top == "transform":  # resize + normalise: no parameters, no multiply-adds
+            continue
+        children = list(module.named_children()) or [("", module)]
+        for name, child in children:
+            full = f"{top}.{name}" if name else top
+            if top == "backbone" and name == "body":
+                names += [f"{full}.{n}" for n, _ in child.named_children()]
+            else:
+                names.append(full)
+    return names
+
+
+def detector_analysis(model: nn.Module, image: torch.Tensor, tasks=DETECTOR_TASKS) -> list[dict]:
+    """Per-module rows {module, params, gflops (multiply-adds, the paper's convention), mactivations}
+    for one eval-mode forward of ``image`` through ``model``, from fvcore's FlopCountAnalysis and
+    ActivationCountAnalysis; the last row is the total (every MAC and parameter is in exactly one row)."""
+    from fvcore.nn import ActivationCountAnalysis
+
+    model = model.eval()
+    inputs = ([{"image": image}],)
+    modules = dict(model.named_modules())
+    groups = detector_groups(model)
+    rows = [{"module": g} for g in groups]
+    total = {"module": "total"}
+    if "parameter" in tasks:
+        for r in rows:
+            r["params"] = count_params(modules[r["module"]])
+        total["params"] = count_params(model)
+        assert sum(r["params"] for r in rows) == total["params"], "a parameter outside every table row"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # fvcore's tracer warnings (data-dependent shapes in the RPN/NMS)
+        if "flop" in tasks:
+            flops = FlopCountAnalysis(model, inputs)
+            flops.unsupported_ops_warnings(False)
+            flops.uncalled_modules_warnings(False)
+            per = {n: sum(v for op, v in ops.items() if op in MAC_OPS) for n, ops in flops.by_module_and_operator().items()}
+            for r in rows:
+                r["gflops"] = per.get(r["module"], 0) / 1e9
+            total["gflops"] = sum(v for op, v in flops.by_operator().items() if op in MAC_OPS) / 1e9
+        if "activation" in tasks:
+            acts = ActivationCountAnalysis(model, inputs)
+            acts.unsupported_ops_warnings(False)
+            acts.uncalled_modules_warnings(False)
+            per = acts.by_module()
+            for r in rows:
+                r["mactivations"] = per.get(r["module"], 0) / 1e6
+            total["mactivations"] = acts.total() / 1e6
+    return rows + [total]
+
+
+def detector_table_text(rows: list[dict]) -> str:
+    cols = [("module", "module"), ("params", "params"), ("gflops", "GFLOPs (mult-adds)"),
+            ("mactivations", "activations (M)")]
+    cols = [c for c in cols if c[0] in rows[-1]]
+    # modules with nothing to count (ReLU, max pool, anchor generator, RoI pooler) would only add zero rows
+    shown = [r for r in rows[:-1] if any(r.get(k) for k, _ in cols[1:])] + rows[-1:]
+    return format_table(shown, cols)
