@@ -54,7 +54,7 @@ def main(argv=None) -> str:
     calibration = {"datasets": list(cfg.DATASETS.TRAIN), "images": len(batches),
                    "mapper": "test-time (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)", "observer": "MinMaxObserver",
                    "weights": "per-channel symmetric int8", "backend": torch.backends.quantized.engine,
-                   "flow": "torch.ao FX post-training static", "torch": torch.__version__,
+                   "flow": "torch.ao FX post-training static", "torch": str(torch.__version__),
                    "float_weights": os.path.abspath(cfg.MODEL.WEIGHTS)}
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "model_int8.pth")
