@@ -98,7 +98,9 @@ def test_two_ranks_evaluate_each_image_once(shapes, tmp_path):
     single = _evaluate(shapes, str(tmp_path / "single"), ims_per_batch=1)
     single_dets = json.load(open(tmp_path / "single" / "inference" / "coco_instances_results.json"))
     assert sorted({d["image_id"] for d in dets}) == all_ids
-    key = lambda d: (d["image_id"], d["category_id"], tuple(round(v, 4) for v in d["bbox"]))  # noqa: E731
+    def key(d):
+        return d["image_id"], d["category_id"], tuple(round(v, 4) for v in d["bbox"])
+
     assert sorted(map(key, dets)) == sorted(map(key, single_dets))
     assert single["seen"] == all_ids and single["batch_sizes"] == [1] * NUM_IMAGES
     bbox, want = r0["results"]["bbox"], single["results"]["bbox"]

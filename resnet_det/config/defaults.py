@@ -356,9 +356,11 @@ _C.TEST.MULTISCALE_SIZES = (224, 256, 384, 480, 640)
 # faster-coco-eval package, pip install -e .[fast-eval]: the same 12 stats within 1e-4, several times
 # faster at COCO-val scale, benchmarks/RESULTS.md) or "auto" (faster_coco_eval when installed). Logged.
 _C.TEST.COCO_EVAL_IMPL = "auto"
-# Images per inference batch in each process when evaluating a detector (the data set is split
-# across processes, each image evaluated once). 1 measured as fast as 2 and 4 on 2 CPU cores
-# (benchmarks/RESULTS.md, "Batched inference"); larger batches pad images to a common size.
+# Images per inference call in each process when evaluating a detector (the data set is split
+# across processes, each image evaluated once). Batches pad their images to a common size, so on a
+# set of mixed sizes the detections can differ slightly from one-at-a-time; 1 keeps them exact. On
+# 2 heavily loaded CPU cores 4 gave 1.4x (R50-FPN) and 1.4-2.7x (demo model) the images/s of 1
+# (benchmarks/RESULTS.md, "Batched inference": not confirmed on an idle machine).
 _C.TEST.IMS_PER_BATCH = 1
 # Detection test-time augmentation (detectron2's keys; --eval-only and DefaultPredictor): the image is
 # run at every shorter side of MIN_SIZES (longer side capped at MAX_SIZE) and, with FLIP, mirrored too;
