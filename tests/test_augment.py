@@ -4,7 +4,6 @@ on, LSJ's fixed-size images reach the model unresized, and config mistakes name 
 import itertools
 import os
 
-import cv2
 import numpy as np
 import pytest
 import torch

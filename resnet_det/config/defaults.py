@@ -237,7 +237,7 @@ _C.INPUT.IOU_CROP.SAMPLER_OPTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 _C.INPUT.PHOTOMETRIC = CN()
 _C.INPUT.PHOTOMETRIC.BRIGHTNESS = (0.875, 1.125)
 _C.INPUT.PHOTOMETRIC.CONTRAST = (0.5, 1.5)
-_C.INPUT.PHOTOMETRIC.SATURATION = (0.5, 1.5)
+_C.INPUT.PHOTOMETRIC.SATURATION = tuple([0.5, 1.5])  # not the CONTRAST object: a shared one dumps as a YAML alias
 _C.INPUT.PHOTOMETRIC.HUE = (-0.05, 0.05)
 _C.INPUT.PHOTOMETRIC.PROB = 0.5
 # Classification crops: training crop size and the shorter-side range of scale augmentation

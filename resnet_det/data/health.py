@@ -71,8 +71,8 @@ class HealthReport:
     def text(self, max_per_kind: int | None = None) -> str:
         """The report; ``max_per_kind`` lists at most that many problems of each kind (None: all)."""
         lines = [f"data set {self.name} ({self.source})",
-                 f"  images: {self.num_images}, boxes: {self.num_boxes} ({self.num_crowd} crowd), "
-                 f"classes: {len(self.class_names)}"]
+                 (f"  images: {self.num_images}, boxes: {self.num_boxes} ({self.num_crowd} crowd), "
+                  f"classes: {len(self.class_names)}")]
         if self.boxes_per_image:
             bpi = np.asarray(self.boxes_per_image)
             lines.append(f"  boxes per image: mean {bpi.mean():.1f}, max {bpi.max()}, "
