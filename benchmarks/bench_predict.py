@@ -36,8 +36,8 @@ def main():
     work = tempfile.mkdtemp(prefix="bench_predict_")
     folder = os.path.join(work, "images")
     os.makedirs(folder)
-    for d in dicts[: args.num_images]:
-        shutil.copy(d["file_name"], folder)
+    for i, d in enumerate(dicts[: args.num_images]):  # val and train images share file names
+        shutil.copy(d["file_name"], os.path.join(folder, f"{i:04d}_{os.path.basename(d['file_name'])}"))
     tool = runpy.run_path(os.path.join(ROOT, "tools", "predict.py"))
     from resnet_det.data.sources import expand_inputs
     from resnet_det.engine import DefaultPredictor

@@ -22,7 +22,8 @@ def r50_fpn():
     cfg.merge_from_file(FPN_CONFIG)
     # a small test size keeps the test fast; FlopCounterMode does not see the fused conv-BN-ReLU kernels
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "224", "INPUT.MAX_SIZE_TEST", "400",
-                         "MODEL.RESNETS.DEPTH", "50", "MODEL.FUSE_CONV_BN_RELU", "False", "MODEL.BACKBONE.FREEZE_AT", "0"])
+                         "MODEL.RESNETS.DEPTH", "50", "MODEL.FUSE_CONV_BN_RELU", "False",
+                         "MODEL.BACKBONE.FREEZE_AT", "0"])
     torch.manual_seed(0)
     return cfg, build_model(cfg).eval()
 
@@ -59,7 +60,8 @@ def test_r50_fpn_flops_per_module_match_torch_flop_counter(r50_fpn):
 def test_tool_prints_the_table(capsys):
     tool = runpy.run_path(os.path.join(REPO, "tools", "analyze_model.py"))
     rows = tool["main"](["--tasks", "parameter", "flop", "activation", "--config-file",
-                         os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes.yaml"), "INPUT.MIN_SIZE_TEST", "128"])
+                         os.path.join(REPO, "configs", "demo", "frcnn_r18_fpn_shapes.yaml"),
+                         "INPUT.MIN_SIZE_TEST", "128"])
     out = capsys.readouterr().out
     assert "input 128x171" in out and "GFLOPs (mult-adds)" in out and "activations (M)" in out
     names = [r["module"] for r in rows]

@@ -64,7 +64,8 @@ def parse_args(argv=None, prog=None):
         p.error("nothing to write: give --output DIR (drawings) and/or --output-json FILE (predictions)")
     if args.dataset and (args.output_json or not args.output):
         p.error("--dataset draws images: give --output DIR (a data set's predictions as json: "
-                "tools/train_net.py --eval-only writes OUTPUT_DIR/inference/<name>/inference/coco_instances_results.json)")
+                "tools/train_net.py --eval-only writes "
+                "OUTPUT_DIR/inference/<name>/inference/coco_instances_results.json)")
     return args
 
 

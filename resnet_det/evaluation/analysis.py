@@ -243,6 +243,7 @@ def image_errors(gt: COCO, dt: COCO, iou: float = 0.5, score_thresh: float = 0.3
 # ---- pictures and tables (tools/analyze_results.py) ----------------------------------------------
 # Outcome colours (BGR) of the worst-image drawings: distinct from each other whatever the class.
 TP_COLOR, FP_COLOR, MISS_COLOR = (0, 190, 0), (0, 0, 235), (0, 215, 255)
+WORST_MIN_SIZE = 512  # worst images are drawn enlarged to at least this shorter side
 _ERROR_COLORS = ("#2b6fb5", "#4fa3db", "#7fcfe8", "#b8e5a8", "#f2d16b", "#f29b53", "#d9534f")
 
 
@@ -282,7 +283,7 @@ def plot_pr_curves(pr: dict, path: str) -> None:
         ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
         if i % int(np.ceil(np.sqrt(len(names)))) == 0:
             ax.set_ylabel("precision", fontsize=8)
         ax.set_xlabel("recall", fontsize=8)
@@ -415,6 +416,11 @@ def write_report(gt: COCO, dt: COCO, output_dir: str, image_root: str | None = N
         if img is None:
             missing += 1
             img = np.full((int(info.get("height", 480)), int(info.get("width", 640)), 3), 96, np.uint8)
+        scale = max(1.0, WORST_MIN_SIZE / min(img.shape[:2]))  # labels on a 200-pixel image would be unreadable
+        if scale > 1:
+            img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)))
+            rec = ImageErrors(rec.image_id, *([{**a, "bbox": [v * scale for v in a["bbox"]]} for a in anns]
+                                              for anns in (rec.tp, rec.fp, rec.missed)))
         vis = draw_image_errors(img, rec, class_name)
         name = f"{rank:02d}_{os.path.splitext(os.path.basename(info['file_name']))[0]}.png"
         cv2.imwrite(os.path.join(worst_dir, name), vis)
@@ -424,7 +430,7 @@ def write_report(gt: COCO, dt: COCO, output_dir: str, image_root: str | None = N
                        "or --dataset", missing, image_root)
     if drawn:
         out["worst"] = os.path.join(output_dir, "worst.png")
-        cv2.imwrite(out["worst"], image_grid(drawn, cols=min(4, len(drawn)), height=400,
+        cv2.imwrite(out["worst"], image_grid(drawn, cols=min(2, len(drawn)), height=WORST_MIN_SIZE,
                                              title=f"worst images: TP green, FP red, missed yellow dashed "
                                                    f"(IoU {iou:g}, score >= {score_thresh:g})"))
     out["num_worst"] = len(worst)

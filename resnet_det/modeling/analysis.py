@@ -266,7 +266,8 @@ def detector_analysis(model: nn.Module, image: torch.Tensor, tasks=DETECTOR_TASK
             flops = FlopCountAnalysis(model, inputs)
             flops.unsupported_ops_warnings(False)
             flops.uncalled_modules_warnings(False)
-            per = {n: sum(v for op, v in ops.items() if op in MAC_OPS) for n, ops in flops.by_module_and_operator().items()}
+            per = {n: sum(v for op, v in ops.items() if op in MAC_OPS)
+                   for n, ops in flops.by_module_and_operator().items()}
             for r in rows:
                 r["gflops"] = per.get(r["module"], 0) / 1e9
             total["gflops"] = sum(v for op, v in flops.by_operator().items() if op in MAC_OPS) / 1e9
