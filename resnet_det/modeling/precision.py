@@ -298,7 +298,7 @@ def load_int8(model: nn.Module, path: str, channels_last: bool = True) -> nn.Mod
     model = _convert_int8(model, observed, channels_last)
     try:
         model.load_state_dict(obj["model"], strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, KeyError, ValueError) as e:  # quantized modules raise KeyError for a missing key
         first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
         raise WeightsError(f"{path}: this INT8 checkpoint was calibrated for another architecture than this "
                            f"config builds ({first}); quantize the fp32 weights for this config with "
