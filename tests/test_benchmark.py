@@ -82,11 +82,18 @@ def test_run_group_checks_times_and_measures_each_case(monkeypatch):
 
 def test_implementation_names():
     flags = benchmark_cases.impl_flags("ours+fast+bf16+nocudnn")
-    assert flags == dict(base="ours", fold=True, cl=True, roi=True, amp="bf16", cudnn=False, compile=False)
+    assert flags == dict(base="ours", fold=True, cl=True, roi=True, amp="bf16", cudnn=False, compile=False,
+                         precision=None)
     assert benchmark_cases.impl_name(flags) == "ours+fast+bf16+nocudnn"
     assert benchmark_cases.impl_name(benchmark_cases.impl_flags("ours+cl+fold")) == "ours+fold+cl"
     assert benchmark_cases.variant("ours+fast+bf16", amp=None) == "ours+fast"
     assert benchmark_cases.variant("ours+fast+bf16", base="torchvision", cl=False) == "torchvision+bf16"
+    # TEST.PRECISION modifiers (ours only): tbf16 = bf16 weights (not autocast), int8 = quantized.
+    assert benchmark_cases.impl_flags("ours+fast+int8")["precision"] == "int8"
+    assert benchmark_cases.impl_name(benchmark_cases.impl_flags("ours+tbf16+fast")) == "ours+fast+tbf16"
+    assert benchmark_cases.variant("ours+fast+int8", base="torchvision") == "torchvision+cl"
+    with pytest.raises(ValueError, match="tbf16 and int8 are ours"):
+        benchmark_cases.impl_flags("torchvision+int8")
     for bad in ("resnet+fast", "ours+fp8", "torchvision+fold"):
         with pytest.raises(ValueError, match=bad.split("+")[-1] if "fold" not in bad else "fold"):
             benchmark_cases.impl_flags(bad)

@@ -151,6 +151,14 @@ def plan(args, device) -> list[tuple[str, str, list[dict], int]]:
             for b in batches:
                 add(f"R{args.c4_depth}-C4 {mode} batch {b}", "detector", c4, b, **det, arch="C4", mode=mode,
                     batch=b)
+    if "precision" in args.sections:  # TEST.PRECISION bf16 / int8 vs our fp32 fast path and torchvision (CPU)
+        for hw in [tuple(args.det_hw)] if args.tiny else [(480, 640), (800, 1333)]:
+            size = dict(det, det_hw=hw, det_min=min(hw), det_max=max(hw), mode="inference", batch=1)
+            add(f"R50-FPN inference {hw[0]}x{hw[1]} precision", "detector",
+                ["ours+fast", "ours+fast+tbf16", "ours+fast+int8", "torchvision", "torchvision+bf16"], 1,
+                **size, arch="R50-FPN")
+            add(f"R{args.c4_depth}-C4 inference {hw[0]}x{hw[1]} precision", "detector",
+                ["ours+fast", "ours+fast+tbf16", "ours+fast+int8"], 1, **size, arch="C4")
     if "data" in args.sections:
         b = args.train_batches[-1]
         add(f"R18-FPN demo train batch {b}", "demo", ["ours", "ours+fast"] + (["ours+fast+bf16"] if cuda else []),
@@ -215,7 +223,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per implementation first")
     p.add_argument("--depths", type=int, nargs="+", default=None, choices=(18, 34, 50, 101, 152))
     p.add_argument("--train-batches", type=int, nargs="+", default=None, help="R50-FPN training batch sizes")
-    p.add_argument("--sections", nargs="+", choices=["backbone", "detector", "c4", "data", "loader"],
+    p.add_argument("--sections", nargs="+", choices=["backbone", "detector", "c4", "data", "loader", "precision"],
                    default=None, help="default: backbone detector c4, and loader (GPU plan) or data (CPU plan)")
     p.add_argument("--loader-workers", type=int, default=None, help="default: the GPU config's DATALOADER.NUM_WORKERS")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurements")

@@ -4,7 +4,8 @@ An implementation name is a base, "torchvision" or "ours", plus modifiers joined
 `fold` (FrozenBN folded into convs and fused blocks, MODEL.FUSE_CONV_BN_RELU), `cl` (channels_last, MODEL.CHANNELS_LAST),
 `roi` (gather RoIAlign, MODEL.ROI_BOX_HEAD.POOLER_IMPL "gather"; CPU only, torchvision's kernel on GPU), `fast` (= fold, cl
 and roi), `bf16` / `fp16` (autocast), `nocudnn` (cudnn.benchmark off; on by default), `compile`
-(torch.compile of the backbone). "ours+fast+bf16" is what the shipped GPU configs would run with AMP on.
+(torch.compile of the backbone), `tbf16` / `int8` (ours only: TEST.PRECISION bf16 / int8, modeling/precision.py;
+int8 calibrated on the timed inputs). "ours+fast+bf16" is what the shipped GPU configs would run with AMP on.
 A builder takes a spec (impl, sizes, device) and returns the step to time; `step.check()` returns
 tensors to compare with the group's first implementation.
 """
@@ -26,7 +27,8 @@ from resnet_det.utils.benchmark import pretrained_like_norms, synchronize
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU_CONFIGS = {"FPN": os.path.join("configs", "gpu", "Base-RCNN-FPN.yaml"),
                "C4": os.path.join("configs", "gpu", "Base-RCNN-C4.yaml")}
-_MODIFIERS = ("fast", "fold", "cl", "roi", "bf16", "fp16", "nocudnn", "compile")
+_MODIFIERS = ("fast", "fold", "cl", "roi", "bf16", "fp16", "nocudnn", "compile", "tbf16", "int8")
+_PRECISION = {"tbf16": "bf16", "int8": "int8"}  # TEST.PRECISION of a modifier
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,7 +36,7 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def impl_flags(name: str) -> dict:
     """"ours+fast+bf16" -> {"base": "ours", "fold": True, "cl": True, "roi": True, "amp": "bf16", ...}."""
     base, *mods = name.split("+")
-    flags = dict(base=base, fold=False, cl=False, roi=False, amp=None, cudnn=True, compile=False)
+    flags = dict(base=base, fold=False, cl=False, roi=False, amp=None, cudnn=True, compile=False, precision=None)
     if base not in ("torchvision", "ours"):
         raise ValueError(f"implementation {name!r}: expected 'torchvision' or 'ours' first, then any of {_MODIFIERS}")
     for m in mods:
@@ -46,11 +48,13 @@ def impl_flags(name: str) -> dict:
             flags["amp"] = m
         elif m == "nocudnn":
             flags["cudnn"] = False
+        elif m in _PRECISION:
+            flags["precision"] = _PRECISION[m]
         else:
             flags[m] = True
-    if base == "torchvision" and (flags["fold"] or flags["roi"]):
-        raise ValueError(f"implementation {name!r}: fold and roi are ours; torchvision takes cl, bf16, fp16, "
-                         "nocudnn, compile")
+    if base == "torchvision" and (flags["fold"] or flags["roi"] or flags["precision"]):
+        raise ValueError(f"implementation {name!r}: fold, roi, tbf16 and int8 are ours; torchvision takes cl, bf16, "
+                         "fp16, nocudnn, compile")
     return flags
 
 
@@ -64,6 +68,7 @@ def impl_name(flags: dict) -> str:
     parts += [flags["amp"]] if flags["amp"] else []
     parts += [] if flags["cudnn"] else ["nocudnn"]
     parts += ["compile"] if flags["compile"] else []
+    parts += [{v: k for k, v in _PRECISION.items()}[flags["precision"]]] if flags.get("precision") else []
     return "+".join(parts)
 
 
@@ -71,7 +76,7 @@ def variant(name: str, **changes) -> str:
     """`name` with some flags changed, e.g. variant("ours+fast+bf16", amp=None) == "ours+fast"."""
     flags = {**impl_flags(name), **changes}
     if flags["base"] == "torchvision":
-        flags.update(fold=False, roi=False)
+        flags.update(fold=False, roi=False, precision=None)
     return impl_name(flags)
 
 
@@ -242,6 +247,14 @@ def build_detector(spec) -> Callable:
         num_classes = 80
     model = speed_up(model, flags).to(dev).train(train)
     inputs = detector_inputs(spec, spec["batch"], num_classes)
+    if flags["precision"] == "bf16":
+        from resnet_det.modeling.precision import to_bf16
+
+        model = to_bf16(model)
+    elif flags["precision"] == "int8":
+        from resnet_det.modeling.precision import quantize_int8
+
+        model = quantize_int8(model, [[d] for d in inputs], channels_last=flags["cl"])
     if flags["base"] == "torchvision":  # torchvision takes 0-1 floats and 1-based labels, prepared here
         images = [d["image"].to(dev).float() / 255 for d in inputs]
         targets = [{"boxes": d["boxes"].to(dev), "labels": d["classes"].to(dev) + 1} for d in inputs]

@@ -222,6 +222,35 @@ def compare_outputs(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) 
             "elements": sum(v.numel() for v in ref.values())}
 
 
+def matched_detections(ref: dict, out: dict, *, min_iou: float = 0.9, min_score: float = 0.5) -> float:
+    """The fraction of ref's detections scoring above min_score that one of out's detections (each
+    used once, same class) overlaps with IoU >= min_iou; greedy in ref's order (by score). Dicts hold
+    boxes (N, 4) XYXY, scores and classes (or pred_classes). 1.0 when ref has none above min_score."""
+    from torchvision.ops import box_iou
+
+    def cls(d):
+        return d["classes"] if "classes" in d else d["pred_classes"]
+
+    keep = ref["scores"] > min_score
+    rb, rc = ref["boxes"][keep].float(), cls(ref)[keep]
+    if len(rb) == 0:
+        return 1.0
+    if len(out["boxes"]) == 0:
+        return 0.0
+    iou = box_iou(rb, out["boxes"].float())
+    iou = torch.where(rc[:, None] == cls(out)[None, :], iou, torch.zeros(()))
+    used, hits = set(), 0
+    for i in range(len(rb)):
+        for j in iou[i].argsort(descending=True).tolist():
+            if iou[i, j] < min_iou:
+                break
+            if j not in used:
+                used.add(j)
+                hits += 1
+                break
+    return hits / len(rb)
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """Rows of dicts as a Markdown table; columns are (key, header); floats get 3 significant digits."""
     def fmt(v):
@@ -257,7 +286,12 @@ def run_group(name: str, section: str, builder: Callable, specs: list[dict], ima
             setup[s["impl"]] = _allocated(device) - before
     ref_impl = specs[0]["impl"]
     ref = cases[ref_impl].check()
-    checks = {impl: compare_outputs(ref, c.check()) for impl, c in cases.items()}
+    checks = {}
+    for impl, c in cases.items():
+        out = c.check()
+        checks[impl] = compare_outputs(ref, out)
+        if "boxes" in ref and "scores" in ref:  # detections: also how many of the reference's are found again
+            checks[impl]["matched_iou90"] = matched_detections(ref, out)
     times = interleaved_times(cases, warmup=warmup, iters=iters, device=device)
     mem = {impl: cuda_step_memory(c, device, setup[impl]) for impl, c in cases.items()} if cuda and memory else {}
     del cases

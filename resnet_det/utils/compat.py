@@ -19,7 +19,7 @@ import torchvision
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VERIFIED_VERSIONS", "cpu_has_native_bf16", "private_internals_ok"]
+__all__ = ["VERIFIED_VERSIONS", "cpu_flags", "cpu_has_native_bf16", "private_internals_ok"]
 
 VERIFIED_VERSIONS = {"torch": ((2, 5), (2, 14)), "torchvision": ((0, 20), (0, 29))}
 _PRIVATE_NAMES = {"torchvision.ops.poolers": ("_filter_input", "_setup_scales", "_multiscale_roi_align",
@@ -64,7 +64,8 @@ def private_internals_ok() -> bool:
     return _verdict
 
 
-def _lscpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as lscpu shows them (/proc/cpuinfo); empty where unreadable."""
     try:
         with open("/proc/cpuinfo") as f:
             line = next((ln for ln in f if ln.startswith("flags")), "")
@@ -85,4 +86,4 @@ def cpu_has_native_bf16() -> bool:
             return any(c() for c in checks)
         except RuntimeError:
             pass
-    return bool({"avx512_bf16", "amx_bf16"} & _lscpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
