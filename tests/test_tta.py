@@ -131,3 +131,29 @@ def test_config_validation_and_predictor_uses_tta(tmp_path):
     assert isinstance(predictor.model, DetectorWithTTA)
     out = predictor(np.zeros((60, 80, 3), np.uint8))["instances"]
     assert set(out) == {"boxes", "scores", "pred_classes"}
+
+
+def test_eval_only_evaluates_through_the_wrapper(tmp_path):
+    """tools/train_net.py --eval-only (engine/run.py) hands Trainer.test the TTA-wrapped model."""
+    from types import SimpleNamespace
+
+    from resnet_det.engine.run import run_detection
+    from resnet_det.engine.trainer import Trainer
+
+    seen = []
+
+    class Spy(Trainer):
+        @classmethod
+        def test(cls, cfg, model):
+            seen.append(model)
+            return {}
+
+    for enabled in (True, False):
+        cfg = _cfg("FPN", "TEST.AUG.ENABLED", str(enabled), "TEST.AUG.MIN_SIZES", "(48, 64)",
+                   "TEST.AUG.MAX_SIZE", "128", "OUTPUT_DIR", str(tmp_path))
+        weights = tmp_path / "w.pth"
+        torch.save(build_model(cfg).state_dict(), weights)
+        cfg.merge_from_list(["MODEL.WEIGHTS", str(weights)])
+        run_detection(cfg, SimpleNamespace(eval_only=True, resume=False), Spy)
+    assert isinstance(seen[0], DetectorWithTTA) and seen[0].min_sizes == (48, 64) and seen[0].flip
+    assert not isinstance(seen[1], DetectorWithTTA)
