@@ -10,6 +10,8 @@ import os
 import runpy
 import sys
 
+_PREDICT = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "predict.py"))
+main = _PREDICT["main"]  # importable as tools/predict.py's main (the tests load tools by file)
+
 if __name__ == "__main__":
-    predict = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "predict.py"))
-    predict["exit_on_user_error"](predict["main"], None, os.path.basename(sys.argv[0]))
+    _PREDICT["exit_on_user_error"](main, None, os.path.basename(sys.argv[0]))
