@@ -25,7 +25,6 @@ saves and loads through ``save_int8`` / ``load_int8`` (tools/quantize.py).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Iterable
