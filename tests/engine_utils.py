@@ -1,5 +1,7 @@
 """Shared set-up for engine tests: a tiny shapes set and a tiny, fast detector config."""
+import importlib.util
 import os
+import runpy
 import subprocess
 import sys
 
@@ -38,3 +40,23 @@ def run_train_net(args, env_root: str, timeout=300, **kw) -> subprocess.Complete
     env = {**os.environ, "RESNET_DET_DATASETS": env_root, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kw)
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (its main() and helpers; its __main__ block does not run)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def run_tool(name: str, argv: list, capsys) -> tuple:
+    """tools/<name>.py in this process, as its __main__ runs it: (exit status, stdout, stderr)."""
+    tool = runpy.run_path(os.path.join(REPO, "tools", f"{name}.py"))
+    try:
+        tool["exit_on_user_error"](tool["main"], argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

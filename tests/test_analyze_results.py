@@ -2,13 +2,12 @@
 matrix and worst images are worked out by hand below (pycocotools' 101-point interpolated precision)."""
 import json
 import os
-import runpy
 
 import cv2
 import numpy as np
 import pytest
 
-from engine_utils import REPO
+from engine_utils import run_tool
 from resnet_det.evaluation.analysis import (FP_COLOR, MISS_COLOR, TP_COLOR, confusion_matrix, error_breakdown,
                                             image_errors, load_gt_and_results, pr_curves)
 
@@ -91,20 +90,9 @@ def test_confusion_matrix_and_worst_images_by_hand(files):
         (0, 1, 1), (0, 1, 1), (0, 1, 1), (0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 0, 0)]
 
 
-def _tool(argv, capsys):
-    tool = runpy.run_path(os.path.join(REPO, "tools", "analyze_results.py"))
-    try:
-        tool["exit_on_user_error"](tool["main"], argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_tool_writes_pictures_tables_and_coloured_worst_images(files, capsys):
     out = files / "analysis"
-    code, stdout, stderr = _tool(["--gt", str(files / "gt.json"), "--results", str(files / "res.json"),
+    code, stdout, stderr = run_tool("analyze_results", ["--gt", str(files / "gt.json"), "--results", str(files / "res.json"),
                                   "--output", str(out), "--score-thresh", "0", "--num-worst", "3"], capsys)
     assert code == 0, stderr[-3000:]
     for name in ("pr_curves.png", "errors.png", "confusion.png", "worst.png"):
@@ -135,7 +123,7 @@ def test_bad_inputs_exit_2(files, capsys, case):
     }[case]
     if results is not None:
         res.write_text(json.dumps(results))
-    code, _, stderr = _tool(["--gt", str(files / "gt.json"), "--results", str(res), "--output", str(files / "o")],
+    code, _, stderr = run_tool("analyze_results", ["--gt", str(files / "gt.json"), "--results", str(res), "--output", str(files / "o")],
                             capsys)
     assert code == 2 and "Traceback" not in stderr
     message = stderr[stderr.rindex("error: "):].strip()

@@ -1,6 +1,5 @@
 """tools/export_model.py and tools/run_exported.py end to end: weights file in, exported model out,
 a non-zero exit when outputs differ, boxes drawn on a generated image."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,18 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from engine_utils import load_tool
 from resnet_det.config import get_cfg
 from resnet_det.export import ExportedModel, build_eager_model, generated_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TINY = """_BASE_: {root}/configs/Base-RCNN-{kind}.yaml

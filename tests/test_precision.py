@@ -8,7 +8,6 @@ the fixture test_detectron2_zoo.py checks against detectron2), whose 100 detecti
 model, and the refusals (wrong checkpoint for the precision, no calibration data, export) by their messages.
 """
 import copy
-import importlib.util
 import logging
 import os
 from types import SimpleNamespace
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_utils import tiny_cfg
+from engine_utils import load_tool, tiny_cfg
 from matplotlib import cbook
 from seeded_weights import seeded_state_dict
 from test_detectron2_zoo import fixture, save_model_zoo_pkl, zoo_cfg
@@ -263,13 +262,6 @@ def test_export_refuses_reduced_precision(precision):
     cfg, _ = small_model("TEST.PRECISION", precision)
     with pytest.raises(ConfigError, match=f"TEST.PRECISION='{precision}': export writes the float32 model"):
         build_eager_model(cfg)
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def test_quantize_tool_eval_only_and_visualize(shapes_root, tmp_path, capsys):

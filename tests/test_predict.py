@@ -2,7 +2,6 @@
 files, video in -> video out, batched prediction, and user mistakes -> one paragraph, exit status 2."""
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_utils import REPO
+from engine_utils import REPO, run_tool
 from resnet_det.data.sources import expand_inputs, open_video
 from resnet_det.utils.errors import MissingFileError
 
@@ -41,18 +40,6 @@ def inputs(tmp_path_factory):
     return root
 
 
-def _predict(argv, capsys):
-    """tools/predict.py in this process, as its __main__ runs it: (exit status, stdout, stderr)."""
-    tool = runpy.run_path(os.path.join(REPO, "tools", "predict.py"))
-    try:
-        tool["exit_on_user_error"](tool["main"], argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_expand_inputs_files_globs_folders_videos(inputs):
     found = expand_inputs([str(inputs / "photos"), str(inputs / "clip.avi")])
     names = [os.path.relpath(s.path, inputs) for s in found]
@@ -67,7 +54,7 @@ def test_expand_inputs_files_globs_folders_videos(inputs):
 
 def test_predict_folder_and_video_with_json(inputs, tmp_path, capsys):
     out, js = tmp_path / "vis", tmp_path / "preds.json"
-    code, stdout, stderr = _predict(
+    code, stdout, stderr = run_tool("predict",
         ["--config-file", str(inputs / "tiny.yaml"), "--input", str(inputs / "photos"), str(inputs / "clip.avi"),
          "--output", str(out), "--output-json", str(js), "--confidence-threshold", "0.0", "--batch-size", "2",
          "--num-workers", "1", "MODEL.WEIGHTS", ""], capsys)
@@ -115,7 +102,7 @@ def test_bad_inputs_exit_2_with_one_paragraph(inputs, tmp_path, capsys, case):
     }[case]
     if case == "webcam" and os.path.exists("/dev/video7"):
         pytest.skip("this machine has a camera at index 7")
-    code, _, stderr = _predict(argv + base, capsys)
+    code, _, stderr = run_tool("predict", argv + base, capsys)
     assert code == 2, stderr[-3000:]
     assert "Traceback" not in stderr
     message = stderr[stderr.rindex("error: "):].strip()
