@@ -7,7 +7,7 @@ a test set, with the time each variant took.
 
 Variants: plain (INPUT.MIN_SIZE_TEST), flip only (the test size and its mirror), and sizes + flip.
 Each runs through the same path as `tools/train_net.py --eval-only` (the test loader,
-inference_on_dataset, the config's evaluator; the model wrapped by maybe_wrap_tta as run.py does);
+inference_on_dataset, the config's evaluator; the model from load_for_inference as run.py loads it);
 the evaluator scores only the images it saw, so N < all is a subset evaluation, not misses.
 """
 import argparse
@@ -31,12 +31,10 @@ def main():
     p.add_argument("--output", default=None, help="keep each variant's inference/ folder here")
     args = p.parse_args()
 
-    from resnet_det.checkpoint import load_model_weights
     from resnet_det.config import get_cfg
     from resnet_det.data import build_detection_test_loader
-    from resnet_det.engine.trainer import resolve_device
+    from resnet_det.engine.inference import load_for_inference
     from resnet_det.evaluation import build_evaluator, inference_on_dataset
-    from resnet_det.modeling.detector import build_model, maybe_wrap_tta
 
     out_root = args.output or tempfile.mkdtemp(prefix="bench_tta_")
     sizes = "(" + ", ".join(map(str, args.min_sizes)) + ",)"
@@ -52,9 +50,7 @@ def main():
             opts = [f"({cfg.INPUT.MIN_SIZE_TEST},)" if o is None else o for o in opts]
         cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", args.weights, "TEST.AUG.MAX_SIZE",
                              str(args.max_size), *opts])
-        model = build_model(cfg).to(resolve_device(cfg))
-        load_model_weights(model, args.weights)
-        model = maybe_wrap_tta(cfg, model)
+        model = load_for_inference(cfg)  # as --eval-only: the weights (EMA if any), TTA wrapped when on
         dataset = cfg.DATASETS.TEST[0]
         batches = list(itertools.islice(build_detection_test_loader(cfg, dataset), args.num_images))
         evaluator = build_evaluator(cfg, dataset, os.path.join(out_root, name.split()[0]))
