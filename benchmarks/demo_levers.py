@@ -11,11 +11,14 @@ issue 25") has the numbers.
 
     python benchmarks/demo_levers.py --weights output/demo/pretrain/model_final.pth --output output/levers/base \\
         [--ema-decays 0.99,0.995,0.998] [KEY VALUE ...]       # e.g. INPUT.AUGMENTATIONS "('RandomFlip','PhotometricDistort')"
+    python benchmarks/demo_levers.py --ema-cost   # ms per EMA update of the demo detector (no training)
 """
 import argparse
 import json
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,13 +48,41 @@ class ExtraEMAs(HookBase):
             ema.update_parameters(self.trainer.model)
 
 
+def ema_cost(rounds: int = 30) -> None:
+    """Time one weights-EMA update (MODEL_EMA's per-step cost) of the demo detector, at torch's thread count."""
+    import torch
+
+    from resnet_det.config import get_cfg
+    from resnet_det.modeling.detector import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(DETECTOR_CONFIG)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL_EMA.ENABLED", True])
+    model = build_model(cfg)
+    ema = build_ema(cfg, model)
+    ts = []
+    for i in range(rounds + 3):  # 3 warm-up updates (the first one copies)
+        t = time.perf_counter()
+        ema.update_parameters(model)
+        if i >= 3:
+            ts.append((time.perf_counter() - t) * 1000)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"EMA update of the demo detector ({n / 1e6:.1f} M parameters, {torch.get_num_threads()} thread(s)): "
+          f"median {statistics.median(ts):.1f} ms, min {min(ts):.1f} ms", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="the pretrained backbone (tools/demo.py's stage 1 output)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--ema-cost", action="store_true", help="only time one EMA update and exit")
+    p.add_argument("--weights", help="the pretrained backbone (tools/demo.py's stage 1 output)")
+    p.add_argument("--output")
     p.add_argument("--ema-decays", default="0.99,0.995,0.998", help="comma-separated EMA decays ('' = none)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     a = p.parse_args()
+    if a.ema_cost:
+        return ema_cost()
+    if a.weights is None or a.output is None:
+        p.error("--weights and --output are required for a training run")
     args = _stage_args(DETECTOR_CONFIG, ["OUTPUT_DIR", a.output, "MODEL.WEIGHTS", a.weights, *a.opts])
     cfg = setup_cfg_or_exit(args)
     default_setup(cfg, args)
