@@ -1,4 +1,5 @@
 """Shared set-up for engine tests: a tiny shapes set and a tiny, fast detector config."""
+import contextlib
 import importlib.util
 import os
 import runpy
@@ -60,3 +61,18 @@ def run_tool(name: str, argv: list, capsys) -> tuple:
         code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@contextlib.contextmanager
+def registered_shapes(root: str, name: str, num_train: int, num_val: int, seed: int):
+    """A generated shapes set at `root` whose train split is registered as `name` while the block runs."""
+    from resnet_det.data import register_coco_instances
+    from resnet_det.data.catalog import unregister
+
+    generate_shapes_dataset(root, num_train=num_train, num_val=num_val, seed=seed)
+    register_coco_instances(name, {}, os.path.join(root, "annotations", "instances_train.json"),
+                            os.path.join(root, "train"))
+    try:
+        yield root
+    finally:
+        unregister(name)

@@ -10,14 +10,13 @@ import torch
 
 from resnet_det.config import get_cfg, validate_cfg
 from resnet_det.config.validate import AUGMENTATIONS
-from resnet_det.data import DatasetMapper, build_detection_train_loader, register_coco_instances
+from resnet_det.data import DatasetMapper, build_detection_train_loader
 from resnet_det.data.augment import Augmentations
-from resnet_det.data.catalog import DatasetCatalog, unregister
-from resnet_det.data.demo import generate_shapes_dataset
+from resnet_det.data.catalog import DatasetCatalog
 from resnet_det.data.transforms import read_image
 from resnet_det.utils.errors import ConfigError
 
-from engine_utils import tiny_cfg
+from engine_utils import registered_shapes, tiny_cfg
 
 ALL = ("RandomCrop", "RandomIoUCrop", "LargeScaleJitter", "PhotometricDistort", "RandomFlip")
 # Saturated, far-apart colours on black; LSJ pads with grey 128, which is far from all of them.
@@ -26,12 +25,8 @@ COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("ds") / "shapes")
-    generate_shapes_dataset(root, num_train=12, num_val=2, seed=3)
-    register_coco_instances("ta_shapes", {}, os.path.join(root, "annotations", "instances_train.json"),
-                            os.path.join(root, "train"))
-    yield root
-    unregister("ta_shapes")
+    with registered_shapes(str(tmp_path_factory.mktemp("ds") / "shapes"), "ta_shapes", 12, 2, 3) as root:
+        yield root
 
 
 def _cfg(tmp_path=None, **kw):

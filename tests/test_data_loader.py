@@ -10,24 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from engine_utils import registered_shapes
 from resnet_det.config import get_cfg
 from resnet_det.data import (BadImageError, DatasetCatalog, DatasetNotFoundError, MetadataCatalog, DatasetMapper,
                              InferenceSampler, TrainingSampler, build_detection_test_loader,
                              build_detection_train_loader, get_detection_dataset_dicts, register_all_builtins,
                              register_coco_instances)
 from resnet_det.data.catalog import unregister
-from resnet_det.data.demo import generate_shapes_dataset
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """A small shapes set registered as "tl_shapes" (train split: 24 images, both orientations)."""
-    root = str(tmp_path_factory.mktemp("ds") / "shapes")
-    generate_shapes_dataset(root, num_train=24, num_val=3, seed=7)
-    register_coco_instances("tl_shapes", {}, os.path.join(root, "annotations", "instances_train.json"),
-                            os.path.join(root, "train"))
-    yield root
-    unregister("tl_shapes")
+    with registered_shapes(str(tmp_path_factory.mktemp("ds") / "shapes"), "tl_shapes", 24, 3, 7) as root:
+        yield root
 
 
 def _cfg(tmp_path, **kw):

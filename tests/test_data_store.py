@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine_utils import registered_shapes
 from resnet_det.config import get_cfg
-from resnet_det.data import build_detection_test_loader, build_detection_train_loader, register_coco_instances
-from resnet_det.data.catalog import unregister
-from resnet_det.data.demo import generate_shapes_dataset
+from resnet_det.data import build_detection_test_loader, build_detection_train_loader
 from resnet_det.data.store import SerializedList
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -39,12 +38,8 @@ def test_items_roundtrip_and_are_copies():
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("ds") / "shapes")
-    generate_shapes_dataset(root, num_train=6, num_val=3, seed=3)
-    register_coco_instances("store_shapes", {}, os.path.join(root, "annotations", "instances_train.json"),
-                            os.path.join(root, "train"))
-    yield root
-    unregister("store_shapes")
+    with registered_shapes(str(tmp_path_factory.mktemp("ds") / "shapes"), "store_shapes", 6, 3, 3) as root:
+        yield root
 
 
 def test_detection_loaders_hold_the_store(shapes, tmp_path):

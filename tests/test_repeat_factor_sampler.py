@@ -1,17 +1,15 @@
 """DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler: detectron2's repeat factors (LVIS paper)
 against hand-computed values, stochastic rounding, exact resume, disjoint rank shards, the loader."""
 import itertools
-import os
 from collections import Counter
 
 import pytest
 import torch
 
+from engine_utils import registered_shapes
 from resnet_det.config import get_cfg, validate_cfg
-from resnet_det.data import (RepeatFactorTrainingSampler, build_detection_train_loader, register_coco_instances,
-                             repeat_factors_from_category_frequency)
-from resnet_det.data.catalog import unregister
-from resnet_det.data.demo import generate_shapes_dataset
+from resnet_det.data import (RepeatFactorTrainingSampler, build_detection_train_loader,
+                              repeat_factors_from_category_frequency)
 
 
 def _image(*cats):
@@ -79,12 +77,8 @@ def test_resume_and_rank_shards():
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("ds") / "shapes")
-    generate_shapes_dataset(root, num_train=12, num_val=2, seed=4)
-    register_coco_instances("rf_shapes", {}, os.path.join(root, "annotations", "instances_train.json"),
-                            os.path.join(root, "train"))
-    yield root
-    unregister("rf_shapes")
+    with registered_shapes(str(tmp_path_factory.mktemp("ds") / "shapes"), "rf_shapes", 12, 2, 4) as root:
+        yield root
 
 
 def _cfg(tmp_path, sampler):
