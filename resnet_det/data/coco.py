@@ -16,7 +16,7 @@ from collections import Counter
 from pycocotools.coco import COCO
 
 from ..utils.errors import DataError
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, quiet_pycocotools
 from .catalog import DatasetCatalog, MetadataCatalog, require_files
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     # pycocotools indexes the checked records (imgToAnns, cats); it never sees a malformed one.
     coco = COCO()
     coco.dataset = {"images": images, "annotations": anns, "categories": cats}
-    _quiet(coco.createIndex)
+    quiet_pycocotools(coco.createIndex)  # its progress prints stay out of the logs
 
     id_map = {int(c["id"]): i for i, c in enumerate(cats)}
     dicts = []
@@ -198,15 +198,6 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
                                               thing_dataset_id_to_contiguous_id=id_map)
     logger.info("loaded %d images, %d boxes from %s", len(dicts), len(anns), json_file)
     return dicts
-
-
-def _quiet(fn):
-    """pycocotools prints progress to stdout; keep the logs clean."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn()
 
 
 def dataset_dicts_to_coco(dicts: list[dict], class_names: list[str],

@@ -32,7 +32,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..utils.errors import DataError, MissingFileError
-from .coco_evaluation import quiet_pycocotools
+from ..utils.io import quiet_pycocotools
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,7 @@ TEST.COCO_EVAL_IMPL picks ("auto": faster-coco-eval when it is installed, pycoco
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import logging
 import math
@@ -26,22 +24,15 @@ from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.coco import dataset_dicts_to_coco
 from ..utils.comm import gather_to_main
 from ..utils.errors import ConfigError, MissingFileError
+from ..utils.io import quiet_pycocotools
 from .evaluator import DatasetEvaluator, format_table, unique_images
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["COCOEvaluator", "instances_to_coco_results", "run_coco_eval", "resolve_coco_eval_impl",
-           "COCO_EVAL_IMPLS", "quiet_pycocotools"]
+           "COCO_EVAL_IMPLS"]
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six of COCOeval.stats
-
-
-def quiet_pycocotools(fn, *args):
-    """Call a pycocotools function with its progress prints captured; returns (result, printed text)."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        out = fn(*args)
-    return out, buf.getvalue()
 
 
 COCO_EVAL_IMPLS = ("auto", "pycocotools", "faster_coco_eval")

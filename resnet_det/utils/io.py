@@ -4,6 +4,8 @@ config.yaml, converted weights, export metadata and the data caches are all writ
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import uuid
 from typing import Callable
@@ -52,3 +54,11 @@ def atomic_save(obj, path) -> str:
             torch.save(obj, f)
 
     return atomic_write(path, write)
+
+
+def quiet_pycocotools(fn, *args):
+    """Call a pycocotools function with its progress prints captured; returns (result, printed text)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        out = fn(*args)
+    return out, buf.getvalue()
