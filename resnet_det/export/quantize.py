@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -35,8 +35,13 @@ def quantize_onnx(model_path: str, out_path: str, calibration_batches: Iterable[
                   input_name: str = "image") -> str:
     """Quantize the exported fp32 detector `model_path` into `out_path` (QDQ), calibrated on
     `calibration_batches` (lists of mapper outputs, e.g. `calibration_inputs(cfg)`). Returns out_path."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     arrays = calibration_arrays(calibration_batches)
     if not arrays:
