@@ -13,7 +13,7 @@ import os
 import onnx
 import pytest
 import torch
-from engine_utils import load_tool
+from engine_utils import DEMO_CONFIG, load_tool, registered_shapes
 from test_precision import SCORE, hopper, with_opts, zoo  # noqa: F401  (fixtures)
 
 from resnet_det.engine.inference import load_for_inference
@@ -89,3 +89,21 @@ def test_tool_int8_onnx_needs_calibration_data_and_bf16_is_refused(zoo, tmp_path
                     "TEST.PRECISION", "bf16"])
     assert rc == 2 and "TEST.PRECISION='bf16': export writes the float32 model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_tool_writes_int8_onnx_calibrated_on_datasets_train(tmp_path, capsys):
+    """The command line end to end: the demo config (R18-FPN, 5 classes, random weights) at a tiny test
+    size, calibrated through calibration_inputs on TEST.PRECISION_CALIB_IMAGES images of a generated
+    DATASETS.TRAIN, as the PyTorch INT8 path does; the QDQ file runs in onnxruntime."""
+    from resnet_det.export import generated_image
+
+    with registered_shapes(str(tmp_path / "shapes"), "int8_onnx_shapes", 4, 1, 0):
+        rc = load_tool("export_model").main([
+            "--config-file", DEMO_CONFIG, "--format", "onnx", "--output", str(tmp_path / "o"),
+            "TEST.PRECISION", "int8", "TEST.PRECISION_CALIB_IMAGES", "3", "DATASETS.TRAIN", "('int8_onnx_shapes',)",
+            "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128"])
+    assert rc == 0 and "PASSED" in capsys.readouterr().out
+    model = ExportedModel(str(tmp_path / "o" / INT8_ONNX))
+    assert model.meta["quantization"]["calibration_images"] == 3 and model.meta["verification"]["of"] == "model.onnx"
+    boxes, scores, classes = model(generated_image(96, 128).transpose(2, 0, 1).copy())
+    assert boxes.shape[1:] == (4,) and len(scores) == len(classes)
