@@ -10,6 +10,10 @@ scene) and a second image of another shape, and compared with eager PyTorch; exi
 they differ beyond tolerance. `--verify ARTIFACT` only re-checks an existing export against the
 config and weights.
 
+TEST.PRECISION int8 with --format onnx also writes OUTPUT/model_int8.onnx: model.onnx quantized by
+ONNX Runtime's quantize_static (QDQ, per-channel), calibrated on the TEST.PRECISION_CALIB_IMAGES
+images of DATASETS.TRAIN that the PyTorch INT8 model calibrates on (resnet_det/export/quantize.py).
+
 Classifiers (configs/imagenet, configs/cifar10) are built as pretraining builds them; MODEL.WEIGHTS
 must fill the net exactly, and a per-pixel mean image recorded in it is baked into the graph:
 
@@ -27,6 +31,7 @@ from resnet_det.engine.defaults import USER_ERROR_EXIT, report_user_error, setup
 from resnet_det.export import (DEFAULT_OPSET, FORMATS, ExportedModel, ExportMismatchError,  # noqa: E402
                                Tolerance, build_eager_model, export_model, format_report,
                                make_export_module, verification_images, verify_exported)
+from resnet_det.export.quantize import export_int8_onnx  # noqa: E402
 from resnet_det.utils.errors import UserInputError  # noqa: E402
 from resnet_det.utils.visualizer import read_image  # noqa: E402
 
@@ -81,7 +86,10 @@ def run(args) -> int:
             return MISMATCH_EXIT
         return 0
     try:
-        path, meta = export_model(cfg, args.format, args.output, sample, args.opset, tol)
+        if cfg.TEST.PRECISION == "int8" and args.format == "onnx":  # the fp32 model.onnx, then its QDQ twin
+            path, meta = export_int8_onnx(cfg, args.output, sample, args.opset, tol)
+        else:
+            path, meta = export_model(cfg, args.format, args.output, sample, args.opset, tol)
     except ExportMismatchError as e:
         print(f"ERROR: export verification FAILED; do not deploy this file.\n{e}", file=sys.stderr)
         return MISMATCH_EXIT

@@ -33,7 +33,8 @@ def build_eager_model(cfg) -> nn.Module:
     """
     if cfg.TEST.PRECISION != "fp32":
         raise ConfigError(f"TEST.PRECISION={cfg.TEST.PRECISION!r}: export writes the float32 model (TorchScript/ONNX "
-                          "have no twin of the bf16/int8 CPU kernels here); set TEST.PRECISION fp32 and MODEL.WEIGHTS "
+                          "have no twin of the bf16/int8 CPU kernels here, except TEST.PRECISION int8 with --format onnx, "
+                          "which writes model_int8.onnx too); set TEST.PRECISION fp32 and MODEL.WEIGHTS "
                           "the float weights (a calibrated INT8 checkpoint is refused too)")
     if model_type_of(cfg) == "detector":
         from ..checkpoint import load_model_weights
