@@ -2,10 +2,13 @@
 
 The accuracy oracle is the fp32 detector itself on a real photo: matplotlib's grace_hopper.jpg with
 detectron2's R50-FPN COCO config and weights rebuilt from names and shapes (tests/seeded_weights.py,
-the fixture test_detectron2_zoo.py checks against detectron2), whose 100 detections all score above
-0.5. INT8 and bf16 must find >= 90% of them again (same class, IoU >= 0.9). The fast path's pieces
-(folded BN, fused blocks, NHWC, gather RoIAlign) are checked in each allowed combination on a small
-model, and the refusals (wrong checkpoint for the precision, no calibration data, export) by their messages.
+the fixture test_detectron2_zoo.py checks against detectron2). INT8 and bf16 must find >= 90% of
+fp32's detections scoring above 0.5 again (same class, IoU >= 0.9). Both sides keep up to 1000
+detections: fp32 has 105 above 0.5 on this photo, and with the usual cap of 100 the ones ranked
+96-105 trade places under any perturbation (top-k truncation, not box quality: re-encoding the photo
+as JPEG at quality 95 loses 5% that way). The fast path's pieces (folded BN, fused blocks, NHWC,
+gather RoIAlign) are checked in each allowed combination on a small model, and the refusals (wrong
+checkpoint for the precision or the CPU, no calibration data, export) by their messages.
 """
 import copy
 import logging
@@ -35,10 +38,9 @@ from resnet_det.utils.errors import ConfigError, WeightsError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The issue's acceptance: >= 90% of fp32's detections scoring above 0.5 matched with IoU >= 0.9.
 MIN_IOU, MIN_MATCHED, SCORE = 0.9, 0.9, 0.5
-# NOT MET by INT8 yet: on this photo and these weights it matched 0.81-0.86 (two calibration views;
-# 0.81 with four, 0.81 with histogram observers, 0.88 with the box head left in float). This bound
-# keeps what is reached from getting worse (a broken quantization matched 0.0); the issue's 0.9 is open.
-MIN_MATCHED_INT8 = 0.75
+# Without VNNI the weights have 7 bits (modeling/precision.py, _qconfig_mapping): 0.886 measured on
+# this photo (8-bit weights, with VNNI: 0.952); the issue's 0.9 holds for CPUs with VNNI.
+MIN_MATCHED_INT8_7BIT = 0.8
 native_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU without AVX512_BF16/AMX: bf16 runs fp32")
 
 
@@ -64,7 +66,7 @@ def zoo(tmp_path_factory, hopper):
     for k in sd:
         sd[k] = sd[k] * (0.0 if "anchor_deltas" in k else 0.3 if "cls_score" in k else 0.1 if "bbox_pred" in k else 1)
     save_model_zoo_pkl(sd, path)
-    cfg = zoo_cfg("FPN", "MODEL.WEIGHTS", str(path))
+    cfg = zoo_cfg("FPN", "MODEL.WEIGHTS", str(path), "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 1000)
     ref = DefaultPredictor(cfg)(hopper)["instances"]
     assert (ref["scores"] > SCORE).sum() >= 50 and len(set(ref["pred_classes"].tolist())) >= 5  # varied
     # Calibration: other views of the scene (mirrored, shifted crop), not the tested image itself.
@@ -73,6 +75,11 @@ def zoo(tmp_path_factory, hopper):
     batches = [[{"image": torch.as_tensor(np.ascontiguousarray((v[:, :, ::-1] if rgb else v).transpose(2, 0, 1))),
                  "height": v.shape[0], "width": v.shape[1]}] for v in views]
     return cfg, ref, batches
+
+
+def top(instances: dict, k: int) -> dict:
+    """The first k detections (what DETECTIONS_PER_IMAGE k keeps: they come sorted by score)."""
+    return {key: v[:k] for key, v in instances.items()}
 
 
 def predict(model, cfg, image):
@@ -94,7 +101,7 @@ def meta_of(cfg) -> dict:
             "norm": cfg.MODEL.RESNETS.NORM, "source": "resnet_det"}
 
 
-def test_int8_detections_overlap_fp32(zoo, hopper, tmp_path):
+def test_int8_detections_overlap_fp32(zoo, hopper, tmp_path, monkeypatch):
     cfg, ref, batches = zoo
     int8 = with_opts(cfg, "TEST.PRECISION", "int8")
     model = load_for_inference(int8, calibration=batches)
@@ -102,8 +109,9 @@ def test_int8_detections_overlap_fp32(zoo, hopper, tmp_path):
     assert any(m.__class__.__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
     out = predict(model, cfg, hopper)
     frac = matched_fraction(ref, out)
-    print(f"\nINT8 vs fp32: {frac:.3f} of {(ref['scores'] > SCORE).sum().item()} detections matched")
-    assert frac >= MIN_MATCHED_INT8
+    print(f"\nINT8 vs fp32: {frac:.3f} of {(ref['scores'] > SCORE).sum().item()} detections matched "
+          f"({matched_fraction(top(ref, 100), top(out, 100)):.3f} of the top 100)")
+    assert frac >= (MIN_MATCHED if P._vnni() else MIN_MATCHED_INT8_7BIT)
     # The calibrated checkpoint: same detections without calibrating again, calibration recorded.
     path = str(tmp_path / "model_int8.pth")
     P.save_int8(model, path, meta_of(cfg), {"images": len(batches)})
@@ -118,6 +126,31 @@ def test_int8_detections_overlap_fp32(zoo, hopper, tmp_path):
         load_model_weights(build_model(cfg), path)
     with pytest.raises(WeightsError, match="another architecture"):
         load_for_inference(with_opts(int8, "MODEL.WEIGHTS", path, "MODEL.RESNETS.DEPTH", 101))
+    # ... made by another scheme: the x86-engine checkpoints of before, 8-bit weights on a CPU without VNNI.
+    obj = torch.load(path, weights_only=True)
+    torch.save({**obj, "meta": {k: v for k, v in obj["meta"].items() if k != "scheme"}}, tmp_path / "old.pth")
+    with pytest.raises(WeightsError, match="older resnet_det.*tools/quantize.py"):
+        load_for_inference(with_opts(int8, "MODEL.WEIGHTS", str(tmp_path / "old.pth")))
+    if P._vnni():
+        with monkeypatch.context() as m:
+            m.setattr(P, "_vnni", lambda: False)
+            with pytest.raises(WeightsError, match="8-bit weights.*VNNI.*overflow"):
+                load_for_inference(with_opts(int8, "MODEL.WEIGHTS", path))
+
+
+@pytest.mark.skipif(not P._vnni(), reason="without VNNI test_int8_detections_overlap_fp32 runs these 7-bit weights")
+def test_int8_without_vnni_has_7_bit_weights(zoo, hopper, monkeypatch):
+    """The scheme a CPU without VNNI runs, here where VNNI computes it exactly: weights within +-64 so
+    that AVX2's int16 pair sums cannot overflow (255 * 64 * 2 < 2**15), 8-bit activations."""
+    cfg, ref, batches = zoo
+    monkeypatch.setattr(P, "_vnni", lambda: False)
+    model = load_for_inference(with_opts(cfg, "TEST.PRECISION", "int8"), calibration=batches)
+    weights = [m.weight().int_repr() for m in model.modules() if callable(getattr(m, "weight", None))
+               and isinstance(getattr(m, "weight")(), torch.Tensor) and m.weight().is_quantized]
+    assert len(weights) > 50 and max(int(w.abs().max()) for w in weights) == 64  # bounded, and used
+    frac = matched_fraction(ref, predict(model, cfg, hopper))
+    print(f"\nINT8 with 7-bit weights vs fp32: {frac:.3f} matched")
+    assert frac >= MIN_MATCHED_INT8_7BIT
 
 
 @native_bf16
@@ -210,7 +243,8 @@ def test_int8_c4_quantizes_the_res5_head():
     ref = parts_out(model, batch)
     out = parts_out(P.apply_precision(model, cfg, [batch]), batch)
     out["box"] = box_head_on(model, ref["pooled"])
-    assert "quantized" in model.roi_heads.box_head.code  # res5 runs quantized convs
+    assert any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+               for m in model.roi_heads.box_head.res5.modules())  # res5 runs quantized convs
     for name in ("features", "rpn", "box"):
         for a, b in zip(ref[name], out[name]):
             assert F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item() > 0.99, name
@@ -297,3 +331,53 @@ def test_quantize_tool_eval_only_and_visualize(shapes_root, tmp_path, capsys):
                                            "--output", str(tmp_path / "vis"), *opts, "MODEL.WEIGHTS", path,
                                            "TEST.PRECISION", "int8"])
     assert len(written) == 1 and os.path.isfile(written[0])
+
+
+C4 = ("MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.RESNETS.OUT_FEATURES", "['res4']",
+      "MODEL.RPN.IN_FEATURES", "['res4']", "MODEL.ROI_HEADS.IN_FEATURES", "['res4']",
+      "MODEL.ROI_BOX_HEAD.NAME", "Res5ROIHead", "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64]]")
+
+
+@pytest.mark.parametrize("arch, opts, n_streams", [
+    ("R18-FPN", (), 5),  # stem+res2 (no projection in res2), res3, res4, res5, the FPN's top-down
+    ("R50-FPN", ("MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES2_OUT_CHANNELS", 256), 6),
+    ("R18-C4", C4, 2),  # res4 is what the backbone returns: it keeps its scale
+])
+def test_equalization_keeps_the_float_function(arch, opts, n_streams):
+    """equalize_activations moves range between producers and consumers of each stream: the detector
+    (and each part) computes the same function, while the channels' ranges in the streams draw closer."""
+    cfg, model = small_model(*opts)
+    g = torch.Generator().manual_seed(1)
+    batch = [{"image": (torch.rand(3, 150, 200, generator=g) * 255).to(torch.uint8), "height": 150, "width": 200}]
+    from resnet_det.modeling.fusion import materialize_folds
+
+    materialize_folds(model)
+    streams = P._streams(model)
+    assert len(streams) == n_streams
+
+    def spread():  # per stream: largest over median of the channels' ranges at its points
+        ranges = {}
+        hooks = [p.register_forward_hook(lambda m, a, o, i=i: ranges.setdefault(i, []).append(o.abs().amax((0, 2, 3))))
+                 for i, st in enumerate(streams) for p in st.points if not isinstance(p, tuple)]
+        with torch.inference_mode():
+            model(batch)
+        for h in hooks:
+            h.remove()
+        return [float(r.max() / r.median()) for r in (torch.stack(v).amax(0) for v in ranges.values())]
+
+    before_spread, before_parts = spread(), parts_out(model, batch)
+    with torch.inference_mode():
+        before = model(batch)[0]["instances"]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    P.equalize_activations(model, [batch])
+    assert any(not torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    after_spread, after_parts = spread(), parts_out(model, batch)
+    with torch.inference_mode():
+        after = model(batch)[0]["instances"]
+    assert len(before["boxes"]) > 0
+    for key in ("boxes", "scores", "pred_classes"):
+        torch.testing.assert_close(after[key], before[key], rtol=1e-4, atol=1e-3)
+    for name in ("features", "rpn", "box"):
+        for a, b in zip(before_parts[name], after_parts[name]):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+    assert all(a < b for a, b in zip(after_spread, before_spread)), (before_spread, after_spread)

@@ -8,8 +8,9 @@
 Post-training static quantization (modeling/precision.py) of the float weights in MODEL.WEIGHTS,
 calibrated on TEST.PRECISION_CALIB_IMAGES images of DATASETS.TRAIN through the test-time mapper.
 Writes DIR/model_int8.pth: the quantized state dict, the weights' input conventions and, in
-meta["calibration"], the data sets, image count, observer and backend. Loading it skips calibration;
-it runs only with TEST.PRECISION int8 and the architecture of the config it was made with.
+meta["calibration"], the data sets and image count, and in meta["scheme"] the quantized engine and
+bit widths. Loading it skips calibration; it runs only with TEST.PRECISION int8, the architecture of
+the config it was made with, and (8-bit weights) on a CPU with VNNI.
 """
 import argparse
 import logging
@@ -52,8 +53,7 @@ def main(argv=None) -> str:
     batches = calibration_inputs(cfg)  # TEST.PRECISION_CALIB_IMAGES images of DATASETS.TRAIN (or all it has)
     model = load_for_inference(cfg, calibration=batches)
     calibration = {"datasets": list(cfg.DATASETS.TRAIN), "images": len(batches),
-                   "mapper": "test-time (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)", "observer": "MinMaxObserver",
-                   "weights": "per-channel symmetric int8", "backend": torch.backends.quantized.engine,
+                   "mapper": "test-time (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)",
                    "flow": "torch.ao FX post-training static", "torch": str(torch.__version__),
                    "float_weights": os.path.abspath(cfg.MODEL.WEIGHTS)}
     os.makedirs(args.output, exist_ok=True)

@@ -6,17 +6,20 @@
   scores and box deltas) stay in float. Norms are folded into the convs in float32 first
   (``fusion.materialize_folds``), so each weight is rounded once. On a CPU without native bf16 this
   logs one line and runs fp32 (oneDNN would emulate bf16, slower). On CUDA it is autocast, as usual.
-- ``int8`` (CPU): post-training static quantization (torch.ao FX graph mode, x86 backend: per-channel
-  int8 weights, VNNI/AMX kernels through oneDNN/fbgemm) of the backbone + FPN, the RPN head convs and
-  the box head (fc6/fc7 of the FPN head, or res5 of the C4 head). Activations are observed on
-  calibration images (``calibrate``) and each part dequantizes its outputs, so RoIAlign, NMS, box
-  decoding and the box predictor stay in float32.
+- ``int8`` (CPU): post-training static quantization (torch.ao FX graph mode, oneDNN backend: per-channel
+  int8 weights, uint8 activations, each residual block's last conv fused with its addition and ReLU;
+  VNNI/AMX kernels where the CPU has them) of the backbone + FPN, the RPN head convs and the box head
+  (fc6/fc7 of the FPN head, or res5 of the C4 head). First the residual streams are equalized on the
+  calibration images (``equalize_activations``: the float function is unchanged, the per-tensor 8-bit
+  activations lose less), then activations are observed on the same images and each part dequantizes its
+  outputs, so RoIAlign, NMS, box decoding and the box predictor stay in float32. Without VNNI the
+  weights get 7 bits (``_qconfig_mapping`` says why).
   Why torch.ao FX and not torchao's PT2E flow: torchao is not a dependency of this stack (torch 2.14.1
   ships the FX flow; PT2E's X86InductorQuantizer lowers only through torch.compile/inductor, which the
   eager detector around the quantized parts cannot use).
 - The fast path (MODEL.FUSE_CONV_BN_RELU / CHANNELS_LAST / POOLER_IMPL gather): folding becomes
   ``materialize_folds`` (permanent), the fused blocks step aside (their oneDNN call is float32-only;
-  the bf16 blocks run their own forward, the int8 ones are torch.ao's fused ConvReLU/add-ReLU kernels),
+  the bf16 blocks run their own forward, the int8 ones are torch.ao's fused ConvReLU/ConvAddReLU kernels),
   NHWC stays (bf16 weights and activations; int8 inputs are quantized NHWC), and the gather RoIAlign
   runs as before on the float32 features the parts return.
 
@@ -40,9 +43,14 @@ from .fusion import materialize_folds
 logger = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "INT8_FORMAT", "apply_precision", "to_bf16", "quantize_int8", "calibration_inputs",
-           "save_int8", "load_int8", "is_int8_checkpoint"]
+           "save_int8", "load_int8", "is_int8_checkpoint", "equalize_activations", "int8_scheme"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# torch.ao's oneDNN backend: its fused conv + add (+ ReLU) ends each residual block in one quantized
+# kernel, so the last conv's output is not rounded to 8 bits before the addition (x86's backend
+# quantizes it: 0.4-0.6 dB more quantization noise on R50-FPN, as fast). oneDNN has int8 kernels
+# for AVX2 too; VNNI/AMX where the CPU has them.
+ENGINE = "onednn"
 
 
 def _cast(obj, dtype: torch.dtype):
@@ -156,30 +164,140 @@ def _vnni() -> bool:
 
 
 def _qconfig_mapping():
-    """torch.ao's x86 defaults (per-channel symmetric int8 weights, uint8 activations) with min/max
-    activation observers instead of its histogram ones (those took about a minute per calibration
-    image of a detector on this 2-core machine, and matched fewer fp32 boxes on the test photo: 0.81
-    vs 0.86), and the full 8-bit activation range where the CPU has VNNI (reduce_range guards
-    against the int16 overflow of AVX2's u8*s8 multiply-add, which VNNI does not have)."""
+    """Per-channel symmetric int8 weights and uint8 activations with min/max observers (torch.ao's
+    histogram ones took about a minute per calibration image of a detector on this 2-core machine
+    and clip the peaks detections come from: 0.81 vs 0.86 of fp32's boxes on the test photo).
+    Without VNNI, u8 x s8 products are summed in pairs into int16 (AVX2's vpmaddubsw), which 255 x 127
+    x 2 overflows: there the weights get 7 bits (observed range [-64, 63]; symmetric rounding can give
+    64, and 255 x 64 x 2 still fits) and the activations keep 8. torch.ao's
+    reduce_range does the reverse; 7-bit activations cost every one of the ~90 quantized tensors of
+    R50-FPN a bit (22.1 dB of signal-to-quantization-noise vs 27.7 with VNNI), 7-bit weights only the
+    weights (benchmarks/RESULTS.md, "INT8 accuracy")."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import MinMaxObserver
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
-    default = get_default_qconfig_mapping("x86").global_qconfig
-    qconfig = QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=not _vnni()),
-                      weight=default.weight)
-    return get_default_qconfig_mapping("x86").set_global(qconfig)
+    weight_range = {} if _vnni() else {"quant_min": -64, "quant_max": 63}
+    qconfig = QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8),
+                      weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                                **weight_range))
+    return get_default_qconfig_mapping(ENGINE).set_global(qconfig)
+
+
+# ---- activation equalization (before INT8) --------------------------------------------------------
+class _Stream:
+    """Channels that pass unchanged, up to a positive per-channel scale, from `producers` (convs whose
+    output channels may be scaled: ReLU, max pooling, residual additions, RoIAlign and mean pooling
+    commute with it) to `consumers` (convs/linears whose input channels undo it). `points` are the
+    modules whose outputs show the stream's range (a ("pre", m) pair: m's input)."""
+
+    def __init__(self, producers: list, points: list):
+        self.producers, self.points, self.consumers = list(producers), list(points), []
+
+
+def _streams(model: nn.Module) -> list[_Stream]:
+    """The residual streams of the folded ResNet (the stem's, each stage's shared channels) and the
+    FPN's top-down stream, where both ends lie inside the backbone: a stage the backbone returns (C4's
+    res4) keeps its scale, so each quantized part still returns what the float one does. [] where the
+    model is not built of the blocks this knows (zero-padded option-A shortcuts, unfolded norms, an FPN
+    with norms), which then is quantized as it is."""
+    from .backbone.blocks import Bottleneck
+    from .backbone.resnet import STAGE_NAMES
+
+    body = getattr(model.backbone, "body", None)
+    if body is None or not isinstance(body.bn1, nn.Identity):
+        return []
+    fpn = getattr(model.backbone, "fpn", None)
+    if fpn is not None and any(len(m) != 1 for m in (*fpn.inner_blocks, *fpn.layer_blocks)):
+        return []
+    cur = _Stream([body.conv1], [body.maxpool])
+    streams, outputs = [cur], []
+    for i in range(1, body.num_stages + 1):
+        for b in getattr(body, f"layer{i}"):
+            last, ds = (b.conv3 if isinstance(b, Bottleneck) else b.conv2), b.downsample
+            if not isinstance(b.last_norm(), nn.Identity):
+                return []
+            if isinstance(ds, nn.Sequential) and isinstance(ds[0], nn.Conv2d) and isinstance(ds[1], nn.Identity):
+                cur.consumers += [b.conv1, ds[0]]
+                cur = _Stream([last, ds[0]], [last, ds[0], b])
+                streams.append(cur)
+            elif isinstance(ds, nn.Identity) and not b.plain:
+                cur.consumers.append(b.conv1)
+                cur.producers.append(last)
+                cur.points += [last, b]
+            elif b.plain:
+                cur.consumers.append(b.conv1)
+                cur = _Stream([last], [b])
+                streams.append(cur)
+            else:  # option A's zero-padded shortcut ties the channels of two stages together
+                return []
+        if fpn is None and STAGE_NAMES[i] in body.out_features:
+            outputs.append(cur)
+        elif fpn is not None and STAGE_NAMES[i] in model.backbone.in_features:
+            cur.consumers.append(fpn.inner_blocks[model.backbone.in_features.index(STAGE_NAMES[i])][0])
+    if fpn is not None:
+        top_down = _Stream([m[0] for m in fpn.inner_blocks],
+                           [m[0] for m in fpn.inner_blocks] + [("pre", m[0]) for m in fpn.layer_blocks])
+        top_down.consumers += [m[0] for m in fpn.layer_blocks]
+        streams.append(top_down)
+    return [st for st in streams if st.consumers and st not in outputs]  # unread stages stay as they are
+
+
+@torch.no_grad()
+def equalize_activations(model: nn.Module, batches: list[list[dict]], alpha: float = 0.5) -> nn.Module:
+    """Scale the channels of each residual stream (and the FPN's top-down one) towards equal ranges
+    before INT8, in place: a stream's channel c is multiplied by s_c = (max_k r_k / r_c) ** alpha where
+    r_c is its largest magnitude on the calibration `batches`, and its consumers divide it out. The
+    float function is unchanged (up to rounding); per-tensor INT8 activations then waste fewer of their
+    256 levels on the few wide channels (SmoothQuant's migration, Xiao et al. 2023, with alpha 0.5;
+    cross-layer equalization, Nagel et al. 2019). On detectron2's R50-FPN with seeded weights it
+    raises the INT8 backbone's signal-to-quantization-noise from 25.4 to 27.3 dB (benchmarks/RESULTS.md)."""
+    streams = _streams(model)
+    ranges: dict[int, torch.Tensor] = {}
+
+    def record(i, x):
+        r = x.detach().float().abs().amax(dim=(0, 2, 3))
+        ranges[i] = r if i not in ranges else torch.maximum(ranges[i], r)
+
+    hooks = []
+    for i, st in enumerate(streams):
+        for p in st.points:
+            if isinstance(p, tuple):
+                hooks.append(p[1].register_forward_pre_hook(lambda m, args, i=i: record(i, args[0])))
+            else:
+                hooks.append(p.register_forward_hook(lambda m, args, out, i=i: record(i, out)))
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    for i, st in enumerate(streams):
+        r = ranges[i]
+        r = r.clamp(min=1e-2 * float(r.max()) + 1e-12)  # dead channels: a bounded scale
+        s = (r.max() / r) ** alpha
+        for m in st.producers:
+            m.weight.mul_(s.view(-1, *[1] * (m.weight.dim() - 1)))
+            m.bias.mul_(s)
+        for m in st.consumers:
+            m.weight.div_(s.view(1, -1, *[1] * (m.weight.dim() - 2)))
+    return model
+
+
+def _check_cpu(model: nn.Module) -> None:
+    if next(model.parameters()).device.type != "cpu":
+        raise ConfigError("TEST.PRECISION int8 runs on the CPU (x86 quantized kernels): set MODEL.DEVICE cpu, "
+                          "or TEST.PRECISION bf16 on a GPU")
 
 
 def _prepare_int8(model: nn.Module) -> dict[str, nn.Module]:
     """Fold, trace and insert observers into each part, in place; returns {path: observed part}."""
+    from torch.ao.quantization.backend_config import get_onednn_backend_config
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    if next(model.parameters()).device.type != "cpu":
-        raise ConfigError("TEST.PRECISION int8 runs on the CPU (x86 quantized kernels): set MODEL.DEVICE cpu, "
-                          "or TEST.PRECISION bf16 on a GPU")
+    _check_cpu(model)
     model.eval()
     materialize_folds(model)
-    torch.backends.quantized.engine = "x86"
+    torch.backends.quantized.engine = ENGINE
     qconfig = _qconfig_mapping()
     example = {"backbone": torch.zeros(1, 3, 64, 64), "rpn.head": None, "roi_heads.box_head": None}
     observed = {}
@@ -187,7 +305,8 @@ def _prepare_int8(model: nn.Module) -> dict[str, nn.Module]:
     try:
         for path, part in _int8_float_parts(model).items():
             part = _traced(part.eval())
-            observed[path] = prepare_fx(part, qconfig, example_inputs=(example[path],))
+            observed[path] = prepare_fx(part, qconfig, example_inputs=(example[path],),
+                                        backend_config=get_onednn_backend_config())
             _set(model, path, PerLevelRPNHead(observed[path]) if path == "rpn.head" else observed[path])
     finally:
         ctx.__exit__(None, None, None)
@@ -195,12 +314,13 @@ def _prepare_int8(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _convert_int8(model: nn.Module, observed: dict[str, nn.Module], channels_last: bool) -> nn.Module:
+    from torch.ao.quantization.backend_config import get_onednn_backend_config
     from torch.ao.quantization.quantize_fx import convert_fx
 
     ctx = _quiet()
     try:
         for path, part in observed.items():
-            q = convert_fx(part)
+            q = convert_fx(part, backend_config=get_onednn_backend_config())
             _set(model, path, PerLevelRPNHead(q) if path == "rpn.head" else q)
     finally:
         ctx.__exit__(None, None, None)
@@ -212,18 +332,23 @@ def _convert_int8(model: nn.Module, observed: dict[str, nn.Module], channels_las
 
 def quantize_int8(model: nn.Module, batches: Iterable[list[dict]], channels_last: bool = True) -> nn.Module:
     """Post-training static INT8 quantization of the backbone (+FPN), RPN head and box head, in place:
-    observers record the activations of `model(batch)` for each calibration batch (lists of input
+    the folded float model's streams are equalized on the calibration batches (`equalize_activations`),
+    then observers record the activations of `model(batch)` for each calibration batch (lists of input
     dicts, docs/CONTRACTS.md), then each part becomes its quantized twin. Returns the model (eval mode)."""
-    observed = _prepare_int8(model)
-    n = 0
-    with torch.no_grad():
-        for batch in batches:
-            model(batch)
-            n += len(batch)
+    batches = [b for b in batches if b]
+    n = sum(map(len, batches))
     if n == 0:
         raise ConfigError("TEST.PRECISION int8: no calibration images (TEST.PRECISION_CALIB_IMAGES images of "
                           "DATASETS.TRAIN); give a data set with images or a calibrated checkpoint from "
                           "tools/quantize.py")
+    _check_cpu(model)
+    model.eval()
+    materialize_folds(model)
+    equalize_activations(model, batches)
+    observed = _prepare_int8(model)
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
     logger.info("INT8: calibrated on %d images", n)
     return _convert_int8(model, observed, channels_last)
 
@@ -275,7 +400,14 @@ def save_int8(model: nn.Module, path: str, meta: dict, calibration: dict) -> Non
     from ..utils.io import atomic_save
 
     atomic_save({"format": INT8_FORMAT, "precision": "int8", "model": model.state_dict(),
-                 "meta": {**meta, "precision": "int8", "calibration": calibration}}, path)
+                 "meta": {**meta, "precision": "int8", "calibration": calibration, "scheme": int8_scheme()}}, path)
+
+
+def int8_scheme() -> dict:
+    """How this machine quantizes (recorded in each calibrated checkpoint; load_int8 checks it)."""
+    return {"engine": ENGINE, "fused": "conv+add+relu", "equalization": "residual and FPN streams, alpha 0.5",
+            "activations": "uint8 [0, 255], per-tensor min/max",
+            "weights": "int8 per-channel symmetric " + ("[-128, 127]" if _vnni() else "[-64, 64] (no VNNI)")}
 
 
 def is_int8_checkpoint(path: str) -> bool:
@@ -293,6 +425,16 @@ def load_int8(model: nn.Module, path: str, channels_last: bool = True) -> nn.Mod
     """`model` (built from the config, float weights irrelevant) turned into the quantized structure
     and filled from a save_int8 checkpoint; a file made for another architecture is refused."""
     obj = torch.load(path, map_location="cpu", weights_only=True)
+    scheme = obj.get("meta", {}).get("scheme") or {}
+    redo = "quantize the fp32 weights again with tools/quantize.py --config-file C MODEL.WEIGHTS W --output DIR"
+    if scheme.get("engine") != ENGINE:
+        raise WeightsError(f"{path}: this INT8 checkpoint was made by an older resnet_det (quantized engine "
+                           f"{scheme.get('engine', 'x86')!r}, no stream equalization), whose modules this one does "
+                           f"not build; {redo}")
+    if "[-128, 127]" in scheme.get("weights", "") and not _vnni():
+        raise WeightsError(f"{path}: this INT8 checkpoint holds 8-bit weights, calibrated on a CPU with VNNI; this CPU "
+                           "has none, and its int8 kernels sum pairs of 8-bit products in int16, which 8-bit weights "
+                           f"overflow (wrong detections, silently). On this machine, {redo} (it uses 7-bit weights)")
     observed = _prepare_int8(model)
     model = _convert_int8(model, observed, channels_last)
     try:
