@@ -14,15 +14,13 @@ import sys
 import tempfile
 
 import cv2
-import numpy as np
 import torch
 from matplotlib import cbook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from seeded_weights import seeded_state_dict  # noqa: E402
-from test_detectron2_zoo import fixture, save_model_zoo_pkl, zoo_cfg  # noqa: E402
+from test_precision import calibration_views, seeded_photo_detector  # noqa: E402
 
 from resnet_det.engine.inference import load_for_inference  # noqa: E402
 from resnet_det.engine.predictor import ModelPredictor  # noqa: E402
@@ -40,17 +38,10 @@ def main():
     import onnxruntime as ort
 
     tmp = tempfile.mkdtemp()
-    sd = seeded_state_dict(fixture("FPN")["state_dict_shapes"])
-    for k in sd:
-        sd[k] = sd[k] * (0.0 if "anchor_deltas" in k else 0.3 if "cls_score" in k else 0.1 if "bbox_pred" in k else 1)
-    save_model_zoo_pkl(sd, os.path.join(tmp, "w.pkl"))
-    cfg = zoo_cfg("FPN", "MODEL.WEIGHTS", os.path.join(tmp, "w.pkl"), "INPUT.MIN_SIZE_TEST", 480,
-                  "INPUT.MAX_SIZE_TEST", 640, "TEST.PRECISION", "int8")
+    cfg = seeded_photo_detector(os.path.join(tmp, "w.pkl"), "INPUT.MIN_SIZE_TEST", 480, "INPUT.MAX_SIZE_TEST", 640,
+                                "TEST.PRECISION", "int8", "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 100)
     image = cv2.resize(cv2.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)), (640, 480))
-    rgb = cfg.INPUT.FORMAT == "RGB"
-    views = [image[:, ::-1], image[40:, 30:]]
-    batches = [[{"image": torch.as_tensor(np.ascontiguousarray((v[:, :, ::-1] if rgb else v).transpose(2, 0, 1))),
-                 "height": v.shape[0], "width": v.shape[1]}] for v in views]
+    batches = calibration_views(image, cfg)
     _, meta = export_int8_onnx(cfg, tmp, image, batches=batches)
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = args.threads

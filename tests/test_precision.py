@@ -55,26 +55,33 @@ def hopper():
     return image
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory, hopper):
-    """(config, fp32 detections on the photo, calibration batches): R50-FPN with seeded weights."""
-    path = tmp_path_factory.mktemp("zoo") / "model_final.pkl"
+def seeded_photo_detector(path, *opts):
+    """detectron2's R50-FPN config with seeded weights saved at `path` (a .pkl), as this file tests it
+    (benchmarks/bench_int8_*.py use it too). As seeded, the RPN's He-scaled anchor deltas give slivers
+    (0.3 px wide, 500 px tall) whose IoU no reduced precision keeps, and the class scores saturate (100
+    near-tied 0.99s). Zero anchor deltas (proposals = anchors), smaller class and box layers: boxes of
+    20-200 px, scores 0.5-0.92."""
     sd = seeded_state_dict(fixture("FPN")["state_dict_shapes"])
-    # As seeded, the RPN's He-scaled anchor deltas give slivers (0.3 px wide, 500 px tall) whose IoU
-    # no reduced precision keeps, and the class scores saturate (100 near-tied 0.99s). Zero anchor
-    # deltas (proposals = anchors), smaller class and box layers: 100 boxes of 20-200 px, scores 0.5-0.92.
     for k in sd:
         sd[k] = sd[k] * (0.0 if "anchor_deltas" in k else 0.3 if "cls_score" in k else 0.1 if "bbox_pred" in k else 1)
     save_model_zoo_pkl(sd, path)
-    cfg = zoo_cfg("FPN", "MODEL.WEIGHTS", str(path), "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 1000)
+    return zoo_cfg("FPN", "MODEL.WEIGHTS", str(path), "MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE", 1000, *opts)
+
+
+def calibration_views(image, cfg) -> list[list[dict]]:
+    """Other views of the scene (mirrored, shifted crop), not the tested image itself, as input batches."""
+    rgb = cfg.INPUT.FORMAT == "RGB"
+    return [[{"image": torch.as_tensor(np.ascontiguousarray((v[:, :, ::-1] if rgb else v).transpose(2, 0, 1))),
+              "height": v.shape[0], "width": v.shape[1]}] for v in (image[:, ::-1], image[40:, 30:])]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, hopper):
+    """(config, fp32 detections on the photo, calibration batches): R50-FPN with seeded weights."""
+    cfg = seeded_photo_detector(tmp_path_factory.mktemp("zoo") / "model_final.pkl")
     ref = DefaultPredictor(cfg)(hopper)["instances"]
     assert (ref["scores"] > SCORE).sum() >= 50 and len(set(ref["pred_classes"].tolist())) >= 5  # varied
-    # Calibration: other views of the scene (mirrored, shifted crop), not the tested image itself.
-    views = [hopper[:, ::-1], hopper[40:, 30:]]
-    rgb = cfg.INPUT.FORMAT == "RGB"
-    batches = [[{"image": torch.as_tensor(np.ascontiguousarray((v[:, :, ::-1] if rgb else v).transpose(2, 0, 1))),
-                 "height": v.shape[0], "width": v.shape[1]}] for v in views]
-    return cfg, ref, batches
+    return cfg, ref, calibration_views(hopper, cfg)
 
 
 def top(instances: dict, k: int) -> dict:

@@ -283,6 +283,14 @@ def equalize_activations(model: nn.Module, batches: list[list[dict]], alpha: flo
     return model
 
 
+def _backend_config():
+    """torch.ao's fusion patterns for ENGINE ("x86": its default ones; benchmarks/bench_int8_accuracy.py
+    compares the two)."""
+    from torch.ao.quantization.backend_config import get_native_backend_config, get_onednn_backend_config
+
+    return get_onednn_backend_config() if ENGINE == "onednn" else get_native_backend_config()
+
+
 def _check_cpu(model: nn.Module) -> None:
     if next(model.parameters()).device.type != "cpu":
         raise ConfigError("TEST.PRECISION int8 runs on the CPU (x86 quantized kernels): set MODEL.DEVICE cpu, "
@@ -291,7 +299,6 @@ def _check_cpu(model: nn.Module) -> None:
 
 def _prepare_int8(model: nn.Module) -> dict[str, nn.Module]:
     """Fold, trace and insert observers into each part, in place; returns {path: observed part}."""
-    from torch.ao.quantization.backend_config import get_onednn_backend_config
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     _check_cpu(model)
@@ -306,7 +313,7 @@ def _prepare_int8(model: nn.Module) -> dict[str, nn.Module]:
         for path, part in _int8_float_parts(model).items():
             part = _traced(part.eval())
             observed[path] = prepare_fx(part, qconfig, example_inputs=(example[path],),
-                                        backend_config=get_onednn_backend_config())
+                                        backend_config=_backend_config())
             _set(model, path, PerLevelRPNHead(observed[path]) if path == "rpn.head" else observed[path])
     finally:
         ctx.__exit__(None, None, None)
@@ -314,13 +321,12 @@ def _prepare_int8(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _convert_int8(model: nn.Module, observed: dict[str, nn.Module], channels_last: bool) -> nn.Module:
-    from torch.ao.quantization.backend_config import get_onednn_backend_config
     from torch.ao.quantization.quantize_fx import convert_fx
 
     ctx = _quiet()
     try:
         for path, part in observed.items():
-            q = convert_fx(part, backend_config=get_onednn_backend_config())
+            q = convert_fx(part, backend_config=_backend_config())
             _set(model, path, PerLevelRPNHead(q) if path == "rpn.head" else q)
     finally:
         ctx.__exit__(None, None, None)
