@@ -171,6 +171,11 @@ def test_bf16_detections_overlap_fp32(zoo, hopper):
 
 
 # ---- the fast path in each combination, on a small model ------------------------------------------
+C4 = ("MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.RESNETS.OUT_FEATURES", "['res4']",
+      "MODEL.RPN.IN_FEATURES", "['res4']", "MODEL.ROI_HEADS.IN_FEATURES", "['res4']",
+      "MODEL.ROI_BOX_HEAD.NAME", "Res5ROIHead", "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64]]")
+
+
 def small_model(*opts):
     cfg = tiny_cfg("/tmp/unused", "MODEL.BACKBONE.FREEZE_AT", 0, "INPUT.MIN_SIZE_TEST", 160,
                    "INPUT.MAX_SIZE_TEST", 224, "MODEL.RPN.POST_NMS_TOPK_TEST", 64, *opts)
@@ -241,10 +246,7 @@ def test_fast_path_combinations(precision, fast):
 
 
 def test_int8_c4_quantizes_the_res5_head():
-    cfg, model = small_model("MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.RESNETS.OUT_FEATURES", "['res4']",
-                             "MODEL.RPN.IN_FEATURES", "['res4']", "MODEL.ROI_HEADS.IN_FEATURES", "['res4']",
-                             "MODEL.ROI_BOX_HEAD.NAME", "Res5ROIHead", "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64]]",
-                             "TEST.PRECISION", "int8")
+    cfg, model = small_model(*C4, "TEST.PRECISION", "int8")
     g = torch.Generator().manual_seed(0)
     batch = [{"image": (torch.rand(3, 150, 200, generator=g) * 255).to(torch.uint8), "height": 150, "width": 200}]
     ref = parts_out(model, batch)
@@ -338,11 +340,6 @@ def test_quantize_tool_eval_only_and_visualize(shapes_root, tmp_path, capsys):
                                            "--output", str(tmp_path / "vis"), *opts, "MODEL.WEIGHTS", path,
                                            "TEST.PRECISION", "int8"])
     assert len(written) == 1 and os.path.isfile(written[0])
-
-
-C4 = ("MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.RESNETS.OUT_FEATURES", "['res4']",
-      "MODEL.RPN.IN_FEATURES", "['res4']", "MODEL.ROI_HEADS.IN_FEATURES", "['res4']",
-      "MODEL.ROI_BOX_HEAD.NAME", "Res5ROIHead", "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64]]")
 
 
 @pytest.mark.parametrize("arch, opts, n_streams", [

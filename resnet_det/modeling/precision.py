@@ -166,13 +166,13 @@ def _vnni() -> bool:
 def _qconfig_mapping():
     """Per-channel symmetric int8 weights and uint8 activations with min/max observers (torch.ao's
     histogram ones took about a minute per calibration image of a detector on this 2-core machine
-    and clip the peaks detections come from: 0.81 vs 0.86 of fp32's boxes on the test photo).
+    and clip the peaks detections come from: +1.5 dB but fewer of fp32's boxes found on the test photo).
     Without VNNI, u8 x s8 products are summed in pairs into int16 (AVX2's vpmaddubsw), which 255 x 127
     x 2 overflows: there the weights get 7 bits (observed range [-64, 63]; symmetric rounding can give
     64, and 255 x 64 x 2 still fits) and the activations keep 8. torch.ao's
     reduce_range does the reverse; 7-bit activations cost every one of the ~90 quantized tensors of
     R50-FPN a bit (22.1 dB of signal-to-quantization-noise vs 27.7 with VNNI), 7-bit weights only the
-    weights (benchmarks/RESULTS.md, "INT8 accuracy")."""
+    weights (26.1 dB; benchmarks/bench_int8_accuracy.py)."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
@@ -186,8 +186,7 @@ def _qconfig_mapping():
 # ---- activation equalization (before INT8) --------------------------------------------------------
 class _Stream:
     """Channels that pass unchanged, up to a positive per-channel scale, from `producers` (convs whose
-    output channels may be scaled: ReLU, max pooling, residual additions, RoIAlign and mean pooling
-    commute with it) to `consumers` (convs/linears whose input channels undo it). `points` are the
+    output channels may be scaled: ReLU, max pooling and residual additions commute with it) to `consumers` (convs/linears whose input channels undo it). `points` are the
     modules whose outputs show the stream's range (a ("pre", m) pair: m's input)."""
 
     def __init__(self, producers: list, points: list):
@@ -250,7 +249,8 @@ def equalize_activations(model: nn.Module, batches: list[list[dict]], alpha: flo
     float function is unchanged (up to rounding); per-tensor INT8 activations then waste fewer of their
     256 levels on the few wide channels (SmoothQuant's migration, Xiao et al. 2023, with alpha 0.5;
     cross-layer equalization, Nagel et al. 2019). On detectron2's R50-FPN with seeded weights it
-    raises the INT8 backbone's signal-to-quantization-noise from 25.4 to 27.3 dB (benchmarks/RESULTS.md)."""
+    raises the INT8 backbone's signal-to-quantization-noise by 2-3 dB at every FPN level
+    (benchmarks/bench_int8_accuracy.py)."""
     streams = _streams(model)
     ranges: dict[int, torch.Tensor] = {}
 
