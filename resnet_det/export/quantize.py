@@ -1,6 +1,8 @@
 """The INT8 deployment twin: the exported fp32 ONNX detector quantized with ONNX Runtime's
 `quantize_static` (QDQ format, per-channel int8 weights, uint8 activations), calibrated on the same
 TEST.PRECISION_CALIB_IMAGES images (modeling.precision.calibration_inputs) as the PyTorch INT8 model.
+The float model it quantizes (model.onnx) has its residual streams equalized on those images first, as
+the PyTorch INT8 path does: the same function up to float rounding (verified like any export).
 
 Only Conv, MatMul and Gemm are quantized (the backbone, FPN, RPN head convs and the box head's fc
 layers, as in PyTorch's INT8 path); RoIAlign, NMS, TopK, box decoding and the resize stay float,
@@ -71,12 +73,13 @@ def export_int8_onnx(cfg, output_dir: str, sample=None, opset: int | None = None
     then quantize it into OUTPUT/model_int8.onnx calibrated on `batches` (default: the PyTorch INT8
     path's `calibration_inputs(cfg)`); its metadata is the fp32 model's plus "precision" and "quantization".
     Returns (INT8 artifact path, its metadata)."""
-    from ..modeling.precision import calibration_inputs, is_int8_checkpoint
+    from ..modeling.fusion import materialize_folds
+    from ..modeling.precision import calibration_inputs, equalize_activations, is_int8_checkpoint
     from ..utils.errors import WeightsError
     from .exporter import DEFAULT_OPSET, write_metadata
     from .pipeline import export_model
     from .verify import Tolerance
-    from .wrappers import model_type_of
+    from .wrappers import build_eager_model, model_type_of
 
     if model_type_of(cfg) != "detector":
         raise ConfigError("TEST.PRECISION int8 export: the INT8 ONNX twin is built for detectors; export "
@@ -89,13 +92,19 @@ def export_int8_onnx(cfg, output_dir: str, sample=None, opset: int | None = None
     fp32.defrost()
     fp32.TEST.PRECISION = "fp32"
     fp32.freeze()
+    # The float model ORT quantizes has its residual streams equalized as the PyTorch INT8 path has
+    # (the same function up to rounding; its 8-bit activations lose less).
+    eager = build_eager_model(fp32)
+    materialize_folds(eager)
+    equalize_activations(eager, batches)
     path, meta = export_model(fp32, "onnx", output_dir, sample, DEFAULT_OPSET if opset is None else opset,
-                              Tolerance() if tol is None else tol)
+                              Tolerance() if tol is None else tol, model=eager)
     out = quantize_onnx(path, os.path.join(output_dir, INT8_ONNX), batches)
     meta = {**meta, "file": os.path.basename(out), "precision": "int8",
             "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                              "per_channel": True, "activations": "uint8", "weights": "int8",
                              "op_types": OP_TYPES_TO_QUANTIZE, "calibration_images": len(calibration_arrays(batches)),
+                             "equalized": "residual and FPN streams (modeling.precision.equalize_activations)",
                              "from": os.path.basename(path)},
             "verification": {**meta["verification"], "of": os.path.basename(path)}}
     write_metadata(meta, out)
