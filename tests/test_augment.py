@@ -35,11 +35,7 @@ def _cfg(tmp_path=None, **kw):
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.OUTPUT_DIR = str(tmp_path or "unused")
-    for k, v in kw.items():
-        node, key = cfg, k.split(".")
-        for part in key[:-1]:
-            node = node[part]
-        node[key[-1]] = v
+    cfg.merge_from_list([x for kv in kw.items() for x in kv])  # dotted keys, yacs' own type checks
     return cfg
 
 
