@@ -111,9 +111,15 @@ def meta_of(cfg) -> dict:
 def test_int8_detections_overlap_fp32(zoo, hopper, tmp_path, monkeypatch):
     cfg, ref, batches = zoo
     int8 = with_opts(cfg, "TEST.PRECISION", "int8")
+    equalized = []
+    equalize = P.equalize_activations
+    monkeypatch.setattr(P, "equalize_activations", lambda m, b: equalized.append(len(b)) or equalize(m, b))
     model = load_for_inference(int8, calibration=batches)
+    assert equalized == [len(batches)]  # the streams were equalized on the calibration images
     assert isinstance(model.backbone, torch.fx.GraphModule)  # the parts really are quantized
     assert any(m.__class__.__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+    fused = [m for m in model.backbone.modules() if type(m).__name__ == "ConvAddReLU2d"]
+    assert len(fused) == 16  # each R50 block's last conv, addition and ReLU in one kernel
     out = predict(model, cfg, hopper)
     frac = matched_fraction(ref, out)
     print(f"\nINT8 vs fp32: {frac:.3f} of {(ref['scores'] > SCORE).sum().item()} detections matched "
